@@ -1,0 +1,193 @@
+"""The only module that knows the stage order. One call = one run, under the lock.
+
+    config -> fetch -> encode (cached) -> minify CSS -> fingerprint -> render -> minify HTML
+           -> publish (gate, switch) -> RunReport
+
+Ordering that matters is written here: CSS is minified before it is hashed (the hash covers the
+served bytes); HTML is minified after rendering; a fresh source is stored in icons/ only once it
+has been decoded and encoded; the switch is last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import httpx
+
+from . import config, encode, fetch, fingerprint, minify, publish, render
+from .cache import EncodeCache, cache_key
+from .errors import ConfigError, ImageError
+from .model import Asset, Content, EncodedIcon, Origin, RunReport, SiteConfig, SiteView, SourceIcon
+
+CACHE_VERSION = f"{encode.ENCODER_VERSION}; {encode.LIBRARY_VERSIONS}"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    site: SiteConfig
+    today: dt.date
+    now: float  # wall-clock seconds, for the release record's retention window
+    offline: bool = False
+    reencode: frozenset[str] = frozenset()  # icon names to encode even if cached
+    jobs: int = 0  # encode processes; 0 = the site's setting, or one per core
+    checkpoint: publish.Checkpoint = field(default=lambda name: None, compare=False)
+
+
+def run(request: BuildRequest, client: httpx.Client | None = None) -> RunReport:
+    """One whole run under dist/.lock. `client` None: a hardened default (unless offline)."""
+    with publish.exclusive(request.site.dist_dir):
+        if request.offline:
+            return _run(request, None)
+        with client or fetch.make_client(request.site.fetch) as owned:
+            return _run(request, owned)
+
+
+def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
+    site, timings = request.site, Timings()
+    with timings("config"):
+        content = _load_content(site)
+    with timings("fetch"):
+        store = fetch.IconStore(site.icons_dir)
+        sources = fetch.fetch_sources(site.icons, store, client, site.fetch)
+    request.checkpoint("after_fetch")
+    with timings("encode"):
+        sources, encoded = encode_all(sources, store, EncodeCache(site.cache_dir / "encode"),
+                                      request.reencode, _jobs(request))
+        for source in sources:
+            if source.origin is not Origin.STALE and source.origin is not Origin.LOCAL:
+                store.save(source)  # decoded and encoded fine: now it is the last good copy
+    with timings("minify"):
+        css_before, css_assets = _stylesheets(site)
+    with timings("fingerprint"):
+        assets = [a for icon in encoded for a in fingerprint.icon_assets(icon)] + css_assets
+        manifest = fingerprint.fingerprint(assets)
+        refs = fingerprint.icon_refs(encoded, {s.name: s.alt for s in site.icons}, manifest)
+        manifest_bytes = (json.dumps(fingerprint.manifest_json(manifest), indent=1) + "\n").encode()
+    with timings("render"):
+        view = SiteView(site.title, site.base_url, content, refs, manifest.entries,
+                        _build_id(manifest_bytes, content, request.today), request.today)
+        pages = render.render_pages(site.templates_dir, view)
+    with timings("minify"):
+        minified = minify.minify_pages(pages)
+    with timings("publish"):
+        files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
+        result = publish.publish(site.dist_dir, files, site.publish, request.now, request.checkpoint)
+    return RunReport(tuple(sources), tuple(encoded), minified.bytes_before, minified.bytes_after,
+                     css_before, sum(len(a.data) for a in css_assets), result, dict(timings.seconds))
+
+
+def _load_content(site: SiteConfig) -> Content:
+    label = site.content_path.name
+    try:
+        text = site.content_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: not found in {site.content_path.parent}; set [site] content in site.toml") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{label}: is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return config.load_content(label, text, {spec.name for spec in site.icons})
+
+
+def _stylesheets(site: SiteConfig) -> tuple[int, list[Asset]]:
+    before, assets = 0, []
+    for path in sorted(site.templates_dir.glob("*.css")):
+        text = path.read_text(encoding="utf-8")
+        before += len(text.encode())
+        assets.append(Asset(path.name, minify.minify_css(text).encode(), "text/css"))
+    return before, assets
+
+
+def _build_id(manifest_bytes: bytes, content: Content, today: dt.date) -> str:
+    """A hash of the inputs, not a time: the same inputs render byte-identical pages.
+    `today` enters only through which codes are active, which the pages show anyway."""
+    active = [c.code for c in content.codes if c.active_on(today)]
+    digest = hashlib.sha256(manifest_bytes + repr(content).encode() + repr(active).encode())
+    return digest.hexdigest()[:12]
+
+
+def _jobs(request: BuildRequest) -> int:
+    return request.jobs or request.site.jobs or os.cpu_count() or 1
+
+
+# ---- encode, with the cache and the last-good fallback -------------------------------------------
+
+
+def encode_all(sources: list[SourceIcon], store: fetch.IconStore, cache: EncodeCache,
+               reencode: frozenset[str], jobs: int) -> tuple[list[SourceIcon], list[EncodedIcon]]:
+    """Encode what the cache lacks. A fresh download that fails to decode falls back to the
+    last good copy in icons/ (marked STALE); an icon with no decodable copy at all is an error."""
+    keys = [cache_key(s, CACHE_VERSION) for s in sources]
+    results: list[EncodedIcon | ImageError | None] = [
+        None if s.spec.name in reencode else cache.get(k, s) for s, k in zip(sources, keys)]
+    missing = [i for i, r in enumerate(results) if r is None]
+    for i, outcome in zip(missing, _encode_many([sources[i] for i in missing], jobs)):
+        results[i] = outcome
+    problems = []
+    for i, outcome in enumerate(results):
+        if isinstance(outcome, ImageError):
+            fallback = _fallback(sources[i], store, str(outcome))
+            outcome = _encode_one(fallback) if fallback else outcome
+            if isinstance(outcome, ImageError):
+                problems.append(str(outcome))
+                continue
+            sources[i], keys[i] = fallback, cache_key(fallback, CACHE_VERSION)
+            results[i] = outcome
+        if isinstance(outcome, EncodedIcon) and not outcome.reused:
+            cache.put(keys[i], outcome)
+    if problems:
+        raise ImageError(f"{len(problems)} icon(s) cannot be used; replace the source or its file in icons/",
+                         tuple(problems))
+    return sources, [r for r in results if isinstance(r, EncodedIcon)]
+
+
+def _fallback(source: SourceIcon, store: fetch.IconStore, reason: str) -> SourceIcon | None:
+    if source.origin is not Origin.DOWNLOADED:
+        return None
+    stored = store.load(source.spec)
+    if stored is None or stored.data == source.data:
+        return None
+    return replace(source, data=stored.data, origin=Origin.STALE, reason=reason,
+                   etag=stored.etag, last_modified=stored.last_modified)
+
+
+def _encode_one(source: SourceIcon) -> EncodedIcon | ImageError:
+    try:
+        return encode.encode_icon(source)
+    except ImageError as error:
+        return error
+
+
+def _encode_many(sources: list[SourceIcon], jobs: int) -> list[EncodedIcon | ImageError]:
+    """In worker processes when there is more than one icon to do and more than one core."""
+    workers = min(jobs, len(sources))
+    if workers <= 1:
+        return [_encode_one(s) for s in sources]
+    # spawn, not fork: the fetch threads may still hold locks a forked child would inherit.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_encode_one, sources, chunksize=max(1, len(sources) // (workers * 4))))
+
+
+# ---- timing ----------------------------------------------------------------------------------
+
+
+class Timings:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + self.clock() - start
+

@@ -1,0 +1,57 @@
+"""The encode cache: an unchanged icon is never encoded twice.
+
+Key = SHA-256 over (source bytes, encode settings, ENCODER_VERSION, library versions), as Hugo
+keys its resources. An entry is a directory written to a temp name and renamed, so a killed run
+leaves either a whole entry or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from .model import EncodedIcon, SourceIcon, Variant
+
+
+def cache_key(source: SourceIcon, encoder_version: str) -> str:
+    recipe = json.dumps({"settings": asdict(source.spec.settings), "encoder": encoder_version}, sort_keys=True)
+    return hashlib.sha256(hashlib.sha256(source.data).digest() + recipe.encode()).hexdigest()
+
+
+class EncodeCache:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def get(self, key: str, source: SourceIcon) -> EncodedIcon | None:
+        entry = self.directory / key[:2] / key
+        try:
+            meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+            variants = tuple(Variant(v["format"], (entry / v["file"]).read_bytes(), v["detail"], v["ssim"])
+                             for v in meta["variants"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing or damaged: encode again
+        return EncodedIcon(source.spec.name, source.spec.slug, meta["width"], meta["height"], len(source.data),
+                           variants, reused=True)
+
+    def put(self, key: str, icon: EncodedIcon) -> None:
+        entry = self.directory / key[:2] / key
+        if entry.exists():
+            return
+        temp = entry.with_name(f".{key}.{os.getpid()}.tmp")
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+        variants = []
+        for index, variant in enumerate(icon.variants):
+            name = f"{index}.{variant.format}"
+            (temp / name).write_bytes(variant.data)
+            variants.append({"format": variant.format, "file": name, "detail": variant.detail, "ssim": variant.ssim})
+        meta = {"width": icon.width, "height": icon.height, "variants": variants}
+        (temp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        try:
+            os.rename(temp, entry)
+        except OSError:
+            shutil.rmtree(temp, ignore_errors=True)  # another writer won the race: same bytes

@@ -1,0 +1,370 @@
+"""icon_map.yaml, site.toml and codes.yaml -> frozen values.
+
+Every problem is reported with FILE:LINE, and all of them at once: a user fixing a config file
+should see the whole list in one run, as MkDocs does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+import unicodedata
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import ConfigError
+from .model import (
+    Code,
+    Content,
+    EncodeSettings,
+    FetchSettings,
+    IconSpec,
+    PublishSettings,
+    Reward,
+    SiteConfig,
+)
+
+MAX_URL_LENGTH = 2048
+MAX_NAME_LENGTH = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$|^\[[0-9a-f:.]+\]$")
+
+
+def load_site(root: Path) -> SiteConfig:
+    """Read the site folder laid out as the repo is: site.toml (optional), icon_map.yaml, content."""
+    root = root.resolve()
+    settings = _read_toml(root / "site.toml")
+    problems: list[str] = []
+    site = settings.get("site", {})
+    title = str(site.get("title", "Redeem codes"))
+    base_url = str(site.get("base_url", "http://localhost")).rstrip("/")
+    if problem := url_problem(base_url):
+        problems.append(f"site.toml: [site] base_url {problem}")
+    content_path = root / str(site.get("content", "codes.yaml"))
+    fetch = _section(settings, "fetch", FetchSettings, problems)
+    publish = _section(settings, "publish", PublishSettings, problems)
+    defaults = _section(settings, "encode", EncodeSettings, problems)
+    jobs = site.get("jobs", 0)
+    if not isinstance(jobs, int) or jobs < 0:
+        problems.append(f"site.toml: [site] jobs must be a whole number >= 0, got {jobs!r}")
+    try:
+        icons = load_icon_map(root / "icon_map.yaml", defaults)
+    except ConfigError as error:
+        problems.extend(error.problems or (str(error),))
+        icons = ()
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the site configuration; nothing was built", tuple(problems))
+    return SiteConfig(root, title, base_url, content_path, icons, fetch, publish, jobs)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path.name}: {error}; fix the TOML syntax") from None
+
+
+def _section(settings: dict[str, Any], name: str, cls: type, problems: list[str]) -> Any:
+    """Build a settings dataclass from a [name] table, checking key names and value types."""
+    table = settings.get(name, {})
+    defaults = cls()
+    known = {f.name: getattr(defaults, f.name) for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            problems.append(f"site.toml: [{name}] unknown key {key!r}; known: {', '.join(known)}")
+        elif not _same_type(value, known[key]):
+            problems.append(f"site.toml: [{name}] {key} must be {type(known[key]).__name__}, got {value!r}")
+        else:
+            values[key] = value
+    return cls(**values)
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and value >= 0
+    return isinstance(value, type(default)) and (not isinstance(value, int) or value >= 0)
+
+
+# ---- icon_map.yaml ------------------------------------------------------------------------------
+
+
+def load_icon_map(path: Path, defaults: EncodeSettings = EncodeSettings()) -> tuple[IconSpec, ...]:
+    """Parse icon_map.yaml: `Name: URL` or `Name: {url: ..., alt: ..., avif: false, ...}`."""
+    root = _compose(path)
+    if root is None:
+        raise ConfigError(f"{path.name}: is empty; map each icon name to its source URL")
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path.name}:{_line(root)}: expected a mapping of icon name -> url")
+    problems: list[str] = []
+    specs: list[IconSpec] = []
+    seen: dict[str, int] = {}
+    slugs: dict[str, str] = {}
+    for key, value in root.value:
+        where = f"{path.name}:{_line(key)}"
+        name = key.value if isinstance(key, yaml.ScalarNode) else ""
+        if problem := name_problem(name):
+            problems.append(f"{where}: icon name {problem}")
+            continue
+        if name in seen:
+            problems.append(f"{where}: duplicate icon name {name!r} (first at line {seen[name]}); keep one")
+            continue
+        seen[name] = _line(key)
+        spec = _icon_spec(name, value, where, defaults, problems)
+        if spec is None:
+            continue
+        if spec.slug in slugs:
+            problems.append(f"{where}: icon {name!r} has the same file name {spec.slug!r} as {slugs[spec.slug]!r}; rename one")
+            continue
+        slugs[spec.slug] = name
+        specs.append(spec)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in {path.name}", tuple(problems))
+    return tuple(specs)
+
+
+def _icon_spec(name: str, node: yaml.Node, where: str, defaults: EncodeSettings, problems: list[str]) -> IconSpec | None:
+    options: dict[str, Any] = {}
+    if isinstance(node, yaml.ScalarNode):
+        options["url"] = node.value
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            options[k.value] = v.value if isinstance(v, yaml.ScalarNode) else v
+    else:
+        problems.append(f"{where}: icon {name!r} must be a URL or a mapping with a url")
+        return None
+    url = options.pop("url", None)
+    alt = options.pop("alt", name)
+    if not isinstance(url, str) or not url:
+        problems.append(f"{where}: icon {name!r} has no url; add `url: https://...`")
+        return None
+    if problem := url_problem(url):
+        problems.append(f"{where}: icon {name!r} url {problem}")
+        return None
+    if not isinstance(alt, str) or _CONTROL.search(alt):
+        problems.append(f"{where}: icon {name!r} alt must be plain text")
+        return None
+    settings = _encode_options(name, options, where, defaults, problems)
+    if settings is None:
+        return None
+    return IconSpec(name, slugify(name), url, alt, settings, int(where.rsplit(":", 1)[1]))
+
+
+_OPTION_PARSERS = {
+    "ssim_floor": lambda s: _ranged(float(s), 0.5, 1.0),
+    "avif": lambda s: _boolean(s),
+    "lossless_only": lambda s: _boolean(s),
+    "png_level": lambda s: int(_ranged(int(s), 0, 6)),
+}
+
+
+def _encode_options(name: str, options: dict[str, Any], where: str, defaults: EncodeSettings, problems: list[str]) -> EncodeSettings | None:
+    values: dict[str, Any] = {}
+    for key, raw in options.items():
+        parser = _OPTION_PARSERS.get(key)
+        if parser is None:
+            problems.append(f"{where}: icon {name!r} unknown option {key!r}; known: url, alt, {', '.join(_OPTION_PARSERS)}")
+            return None
+        try:
+            values[key] = parser(raw)
+        except (TypeError, ValueError) as error:
+            problems.append(f"{where}: icon {name!r} option {key} {error}, got {raw!r}")
+            return None
+    return EncodeSettings(**{**defaults.__dict__, **values})
+
+
+def _ranged(value: float, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if str(value).lower() in ("true", "yes", "on"):
+        return True
+    if str(value).lower() in ("false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def name_problem(name: Any) -> str | None:
+    if not isinstance(name, str) or not name.strip():
+        return "must be a non-empty string"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters; at most {MAX_NAME_LENGTH}"
+    if _CONTROL.search(name):
+        return f"{name!r} contains control characters"
+    return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why this URL may not be fetched (or linked), or None. Only plain http(s) to a named host."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"is {len(url)} characters long; at most {MAX_URL_LENGTH}"
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        return f"{url[:80]!r} contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        return f"{url[:80]!r} is not a valid URL ({error})"
+    if parts.scheme not in ("http", "https"):
+        return f"{url[:80]!r} has scheme {parts.scheme or 'none'!r}; only http and https are allowed"
+    if parts.username is not None or parts.password is not None:
+        return f"{url[:80]!r} carries credentials; remove the user:password@ part"
+    host = parts.hostname or ""
+    if not host.isascii():
+        return f"{url[:80]!r} has a non-ASCII host; write it in punycode (xn--...) if it is really meant"
+    if not _HOST.match(host) and not _HOST.match(f"[{host}]"):
+        return f"{url[:80]!r} has no valid host name"
+    if port == 0:
+        return f"{url[:80]!r} has port 0"
+    return None
+
+
+def slugify(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:60].strip("-")
+    if not slug:
+        slug = "icon-" + format(sum(map(ord, name)) * 2654435761 % 2**32, "08x")
+    return slug
+
+
+# ---- codes.yaml --------------------------------------------------------------------------------
+
+
+def load_content(label: str, text: str, icon_names: set[str]) -> Content:
+    """Parse the codes data (YAML or JSON, which is YAML too) and check every reward's icon."""
+    root = _compose_text(label, text)
+    problems: list[str] = []
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{label}:{_line(root) if root else 1}: expected a mapping with `game:` and `codes:`")
+    top = {k.value: v for k, v in root.value}
+    game = top.get("game")
+    codes_node = top.get("codes")
+    if not isinstance(game, yaml.ScalarNode) or not game.value.strip():
+        problems.append(f"{label}:{_line(root)}: `game:` must name the game")
+    if not isinstance(codes_node, yaml.SequenceNode):
+        problems.append(f"{label}:{_line(codes_node or root)}: `codes:` must be a list of codes")
+        codes_node = yaml.SequenceNode("tag:yaml.org,2002:seq", [])
+    codes = []
+    seen: dict[str, int] = {}
+    for item in codes_node.value:
+        code = _code(label, item, icon_names, problems)
+        if code is None:
+            continue
+        if code.code in seen:
+            problems.append(f"{label}:{_line(item)}: duplicate code {code.code!r} (first at line {seen[code.code]})")
+            continue
+        seen[code.code] = _line(item)
+        codes.append(code)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in {label}; the last good site stays live", tuple(problems))
+    return Content(game.value, tuple(codes))  # type: ignore[union-attr]
+
+
+def _code(label: str, node: yaml.Node, icon_names: set[str], problems: list[str]) -> Code | None:
+    where = f"{label}:{_line(node)}"
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(f"{where}: each code must be a mapping with code, added and rewards")
+        return None
+    fields_ = {k.value: v for k, v in node.value}
+    before = len(problems)
+    code = _scalar(fields_, "code", where, problems)
+    if code is not None and (name_problem(code) or not code.strip()):
+        problems.append(f"{where}: code {name_problem(code)}")
+    added = _date(fields_, "added", where, problems, required=True)
+    expires = _date(fields_, "expires", where, problems, required=False)
+    note = _scalar(fields_, "note", where, problems, required=False) or ""
+    rewards = _rewards(fields_.get("rewards"), where, label, icon_names, problems)
+    unknown = set(fields_) - {"code", "added", "expires", "note", "rewards"}
+    if unknown:
+        problems.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; known: code, added, expires, note, rewards")
+    if len(problems) > before:
+        return None
+    return Code(code, added, expires, rewards, note)  # type: ignore[arg-type]
+
+
+def _scalar(fields_: dict[str, yaml.Node], key: str, where: str, problems: list[str], required: bool = True) -> str | None:
+    node = fields_.get(key)
+    if node is None:
+        if required:
+            problems.append(f"{where}: missing `{key}:`")
+        return None
+    if not isinstance(node, yaml.ScalarNode):
+        problems.append(f"{label_of(node, where)}: `{key}:` must be text")
+        return None
+    return node.value
+
+
+def _date(fields_: dict[str, yaml.Node], key: str, where: str, problems: list[str], required: bool) -> dt.date | None:
+    text = _scalar(fields_, key, where, problems, required)
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        problems.append(f"{label_of(fields_[key], where)}: `{key}:` must be a date like 2026-11-27, got {text[:40]!r}")
+        return None
+
+
+def _rewards(node: yaml.Node | None, where: str, label: str, icon_names: set[str], problems: list[str]) -> tuple[Reward, ...]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        problems.append(f"{where}: `rewards:` must be a non-empty list of {{icon: NAME, amount: N}}")
+        return ()
+    rewards = []
+    for item in node.value:
+        at = f"{label}:{_line(item)}"
+        parts = {k.value: v.value for k, v in item.value if isinstance(v, yaml.ScalarNode)} if isinstance(item, yaml.MappingNode) else {}
+        icon, amount = parts.get("icon"), parts.get("amount", "1")
+        if icon not in icon_names:
+            known = ", ".join(sorted(icon_names)) or "none"
+            problems.append(f"{at}: reward icon {icon!r} is not in icon_map.yaml; add it there or use one of: {known}")
+            continue
+        if not amount.isdigit() or not 0 < int(amount) < 10**9:
+            problems.append(f"{at}: reward amount must be a whole number from 1, got {amount[:20]!r}")
+            continue
+        rewards.append(Reward(icon, int(amount)))
+    return tuple(rewards)
+
+
+def label_of(node: yaml.Node, where: str) -> str:
+    return f"{where.rsplit(':', 1)[0]}:{_line(node)}"
+
+
+# ---- YAML with line numbers ---------------------------------------------------------------------
+
+
+def _compose(path: Path) -> yaml.Node | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path.name}: not found in {path.parent}; is this a site folder? (use --site DIR)") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path.name}: is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return _compose_text(path.name, text)
+
+
+def _compose_text(label: str, text: str) -> yaml.Node | None:
+    """YAML -> node tree (which keeps line numbers and duplicate keys, unlike safe_load)."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(f"{label}:{line}: {error.problem or error.context}; fix the YAML syntax") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{label}: {error}") from None
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1

@@ -1,0 +1,265 @@
+"""Stage 1: IconSpec -> SourceIcon. The network and icons/ are touched here and nowhere else.
+
+Each source is asked for with a conditional GET (the stored ETag / Last-Modified). Everything a
+hostile or broken server can do is bounded: per-phase timeouts plus one deadline for the whole
+stage, a byte cap while streaming, `Accept-Encoding: identity` (no decompression bombs), only
+http/https, every redirect hop checked by us (scheme, downgrade, private addresses), and the body
+sniffed to be an image. A source that fails yields the last good copy, marked STALE with the
+reason; only an icon that never had a good copy is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from .errors import SourceError
+from .model import FetchSettings, IconSpec, Origin, SourceIcon
+
+USER_AGENT = "pipeline-static-site/0.1 (+icon fetch; conditional GET)"
+IMAGE_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpg",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+}
+Resolver = Callable[[str, int], list[str]]
+
+
+class FetchFailed(Exception):
+    """One source could not be fetched; the message names the URL and the reason."""
+
+
+# ---- icons/: the last good copy and its validators ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stored:
+    data: bytes
+    url: str
+    etag: str
+    last_modified: str
+
+
+class IconStore:
+    """icons/<slug>.<ext> holds the last good source; icons/<slug>.meta.json its URL and validators."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def load(self, spec: IconSpec) -> Stored | None:
+        meta_path = self.directory / f"{spec.slug}.meta.json"
+        meta = {}
+        if meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                meta = {}  # a damaged record only costs a full download
+        for ext in [meta.get("ext", "png"), *sorted(set(IMAGE_MAGIC.values()) | {"webp", "avif"})]:
+            path = self.directory / f"{spec.slug}.{ext}"
+            if path.is_file():
+                data = path.read_bytes()
+                if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+                    meta = {}  # edited by hand since: keep the bytes, drop the validators
+                return Stored(data, meta.get("url", ""), meta.get("etag", ""), meta.get("last_modified", ""))
+        return None
+
+    def save(self, source: SourceIcon) -> None:
+        """Record a validated source: bytes first, then the meta, each via temp file + rename."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ext = sniff(source.data) or "png"
+        for stale in self.directory.glob(f"{source.spec.slug}.*"):
+            if stale.suffix.lstrip(".") in {*IMAGE_MAGIC.values(), "webp", "avif"} and stale.suffix != f".{ext}":
+                stale.unlink()
+        _write_atomic(self.directory / f"{source.spec.slug}.{ext}", source.data)
+        meta = {
+            "url": source.spec.url,
+            "etag": source.etag,
+            "last_modified": source.last_modified,
+            "sha256": hashlib.sha256(source.data).hexdigest(),
+            "ext": ext,
+        }
+        _write_atomic(self.directory / f"{source.spec.slug}.meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+
+
+# ---- the stage ------------------------------------------------------------------------------------
+
+
+def fetch_sources(
+    specs: Iterable[IconSpec],
+    store: IconStore,
+    client: httpx.Client | None,
+    settings: FetchSettings,
+    *,
+    resolve: Resolver | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[SourceIcon]:
+    """Every icon's source bytes, fetched concurrently; client None means offline (icons/ only)."""
+    specs = list(specs)
+    deadline = clock() + settings.deadline
+    fetcher = _Fetcher(client, settings, resolve or _resolve, clock, deadline) if client else None
+
+    def one(spec: IconSpec) -> SourceIcon | str:
+        stored = store.load(spec)
+        if fetcher is None:
+            if stored is None:
+                return f"icon {spec.name!r}: no copy in icons/ and --offline forbids fetching {spec.url}"
+            return SourceIcon(spec, stored.data, Origin.LOCAL, etag=stored.etag, last_modified=stored.last_modified)
+        try:
+            return fetcher.fetch(spec, stored)
+        except FetchFailed as failure:
+            if stored is None:
+                return f"icon {spec.name!r}: {failure}; there is no earlier copy in icons/ to fall back on"
+            return SourceIcon(spec, stored.data, Origin.STALE, str(failure), stored.etag, stored.last_modified)
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
+        results = list(pool.map(one, specs))
+    problems = tuple(r for r in results if isinstance(r, str))
+    if problems:
+        raise SourceError(f"{len(problems)} icon(s) have no usable source; fix the URL or put a copy in icons/", problems)
+    return [r for r in results if isinstance(r, SourceIcon)]
+
+
+class _Fetcher:
+    def __init__(self, client: httpx.Client, settings: FetchSettings, resolve: Resolver,
+                 clock: Callable[[], float], deadline: float) -> None:
+        self.client, self.settings, self.resolve, self.clock, self.deadline = client, settings, resolve, clock, deadline
+
+    def fetch(self, spec: IconSpec, stored: Stored | None) -> SourceIcon:
+        validators = stored if stored and stored.url == spec.url else None
+        response_url, status, headers, body = self._get(spec.url, validators)
+        if status == 304:
+            if validators is None:
+                raise FetchFailed(f"HTTP 304 from {response_url} to a request without validators")
+            return SourceIcon(spec, validators.data, Origin.NOT_MODIFIED, etag=headers.get("etag", validators.etag),
+                              last_modified=headers.get("last-modified", validators.last_modified))
+        etag, modified = headers.get("etag", ""), headers.get("last-modified", "")
+        if stored and stored.data == body:
+            return SourceIcon(spec, body, Origin.NOT_MODIFIED, etag=etag, last_modified=modified)
+        return SourceIcon(spec, body, Origin.DOWNLOADED, etag=etag, last_modified=modified)
+
+    def _get(self, url: str, validators: Stored | None) -> tuple[str, int, httpx.Headers, bytes]:
+        headers = {"Accept": "image/png,image/*;q=0.8", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
+        if validators and validators.etag:
+            headers["If-None-Match"] = validators.etag
+        if validators and validators.last_modified:
+            headers["If-Modified-Since"] = validators.last_modified
+        for _hop in range(self.settings.max_redirects + 1):
+            self._check_target(url)
+            request = self.client.build_request("GET", url, headers=headers, timeout=self._timeout(url))
+            try:
+                response = self.client.send(request, stream=True, follow_redirects=False)
+            except httpx.TimeoutException:
+                raise FetchFailed(f"timed out connecting to {url}") from None
+            except httpx.HTTPError as error:
+                raise FetchFailed(f"cannot connect to {url} ({type(error).__name__}: {error})") from None
+            with response:
+                if response.has_redirect_location:
+                    url = self._next_hop(url, response.headers["location"])
+                    continue
+                if response.status_code == 304:
+                    return url, 304, response.headers, b""
+                if response.status_code != 200:
+                    raise FetchFailed(f"HTTP {response.status_code} from {url}")
+                return url, 200, response.headers, self._read_image(url, response)
+        raise FetchFailed(f"more than {self.settings.max_redirects} redirects from {url}")
+
+    def _timeout(self, url: str) -> httpx.Timeout:
+        remaining = self.deadline - self.clock()
+        if remaining <= 0:
+            raise FetchFailed(f"the fetch deadline of {self.settings.deadline:g}s passed before {url} was asked")
+        return httpx.Timeout(min(self.settings.timeout, remaining))
+
+    def _next_hop(self, url: str, location: str) -> str:
+        target = urljoin(url, location)
+        scheme = urlsplit(target).scheme
+        if scheme not in ("http", "https"):
+            raise FetchFailed(f"{url} redirects to a {scheme or 'relative'!r} URL; only http and https are followed")
+        if urlsplit(url).scheme == "https" and scheme == "http":
+            raise FetchFailed(f"{url} redirects from https down to http ({target}); refused")
+        return target
+
+    def _check_target(self, url: str) -> None:
+        """Refuse loopback, private, link-local and reserved addresses before any packet is sent."""
+        if self.settings.allow_private:
+            return
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = self.resolve(parts.hostname or "", port)
+        except OSError as error:
+            raise FetchFailed(f"cannot resolve the host of {url} ({error})") from None
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not ip.is_global:
+                raise FetchFailed(f"{url} resolves to the non-public address {ip}; refused (allow_private is off)")
+
+    def _read_image(self, url: str, response: httpx.Response) -> bytes:
+        cap = self.settings.max_bytes
+        encoding = response.headers.get("content-encoding", "identity").lower()
+        if encoding not in ("identity", ""):
+            raise FetchFailed(f"{url} sent Content-Encoding {encoding!r} though identity was asked; refused")
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cap:
+            raise FetchFailed(f"{url} declares {int(declared):,} bytes; the cap is {cap:,} (fetch.max_bytes)")
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
+            raise FetchFailed(f"{url} answered {content_type!r}, not an image (a soft 404?)")
+        body = bytearray()
+        try:
+            for chunk in response.iter_raw():
+                body += chunk
+                if len(body) > cap:
+                    raise FetchFailed(f"{url} sent more than {cap:,} bytes (fetch.max_bytes); aborted")
+                if self.clock() > self.deadline:
+                    raise FetchFailed(f"{url} was still sending at the {self.settings.deadline:g}s fetch deadline")
+        except httpx.TimeoutException:
+            raise FetchFailed(f"{url} stopped sending (read timeout)") from None
+        except httpx.HTTPError as error:
+            raise FetchFailed(f"{url} sent an incomplete body ({error})") from None
+        if sniff(bytes(body)) is None:
+            raise FetchFailed(f"{url} sent {len(body):,} bytes that are not a PNG, JPEG, GIF, WebP or AVIF image")
+        return bytes(body)
+
+
+def sniff(data: bytes) -> str | None:
+    for magic, ext in IMAGE_MAGIC.items():
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[4:12] in (b"ftypavif", b"ftypavis"):
+        return "avif"
+    return None
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)]
+
+
+def make_client(settings: FetchSettings) -> httpx.Client:
+    """The production client: no proxies or .netrc from the environment, one transport retry."""
+    return httpx.Client(trust_env=False, transport=httpx.HTTPTransport(retries=1),
+                        timeout=httpx.Timeout(settings.timeout),
+                        limits=httpx.Limits(max_connections=max(1, settings.concurrency)))

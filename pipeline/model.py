@@ -1,0 +1,277 @@
+"""The values that flow between the stages. Frozen dataclasses, nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIME = {
+    "avif": "image/avif",
+    "webp": "image/webp",
+    "png": "image/png",
+    "css": "text/css",
+    "js": "text/javascript",
+    "html": "text/html",
+    "json": "application/json",
+    "xml": "application/xml",
+    "txt": "text/plain",
+}
+
+
+# ---- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How one icon is encoded. Part of the encode cache key."""
+
+    ssim_floor: float = 0.98  # per-icon quality floor, over black and over white (issue 4)
+    avif: bool = True  # try AVIF and keep it only where it is smaller than the WebP
+    lossless_only: bool = False  # skip the lossy search (pixel art, logos with hard edges)
+    png_level: int = 2  # oxipng level: 4 took 3x the time of 2 for the same bytes on the default icons
+
+
+@dataclass(frozen=True)
+class IconSpec:
+    name: str  # as shown to readers and used in templates: "Polychrome"
+    slug: str  # file-safe: "polychrome"
+    url: str
+    alt: str
+    settings: EncodeSettings
+    line: int  # in icon_map.yaml, for messages
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    timeout: float = 10.0  # per phase (connect, read) of one request
+    deadline: float = 30.0  # whole fetch stage, all icons
+    max_bytes: int = 2_000_000  # per source, enforced while streaming
+    max_redirects: int = 5
+    concurrency: int = 8
+    allow_private: bool = False  # tests set this to reach 127.0.0.1
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    keep_releases: int = 5  # the last K releases always stay, whatever the clock says
+    retention_hours: float = 24.0  # hashed assets named by a release this recent stay served
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    root: Path
+    title: str
+    base_url: str  # "https://codes.example.org", no trailing slash
+    content_path: Path
+    icons: tuple[IconSpec, ...]
+    fetch: FetchSettings = FetchSettings()
+    publish: PublishSettings = PublishSettings()
+    jobs: int = 0  # encode worker processes; 0 = one per core
+
+    @property
+    def icons_dir(self) -> Path:
+        return self.root / "icons"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def dist_dir(self) -> Path:
+        return self.root / "dist"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / ".cache"
+
+
+# ---- content ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reward:
+    icon: str  # an icon name from icon_map.yaml
+    amount: int
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    added: dt.date
+    expires: dt.date | None
+    rewards: tuple[Reward, ...]
+    note: str = ""
+
+    def active_on(self, day: dt.date) -> bool:
+        return self.expires is None or self.expires >= day
+
+
+@dataclass(frozen=True)
+class Content:
+    game: str
+    codes: tuple[Code, ...]
+
+
+# ---- stage 1: fetch ---------------------------------------------------------------------------
+
+
+class Origin(enum.Enum):
+    DOWNLOADED = "downloaded"  # 200, new bytes stored in icons/
+    NOT_MODIFIED = "not modified"  # 304, or 200 with the bytes we already had
+    STALE = "stale"  # the source failed; the last good copy is used
+    LOCAL = "local"  # --offline: icons/ only, nothing asked
+
+
+@dataclass(frozen=True)
+class SourceIcon:
+    spec: IconSpec
+    data: bytes
+    origin: Origin
+    reason: str = ""  # why STALE: "HTTP 503 from https://..."
+    etag: str = ""  # validators to store with the bytes, for the next conditional request
+    last_modified: str = ""
+
+
+# ---- stage 2: encode --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    format: str  # "avif" | "webp" | "png"
+    data: bytes
+    detail: str  # how it was made: "lossless", "q72", "oxipng"
+    ssim: float  # worst of the two backgrounds; 1.0 for lossless
+
+    @property
+    def mime(self) -> str:
+        return MIME[self.format]
+
+
+@dataclass(frozen=True)
+class EncodedIcon:
+    name: str
+    slug: str
+    width: int
+    height: int
+    source_bytes: int
+    variants: tuple[Variant, ...]  # best first, the PNG fallback last
+    reused: bool = False  # True when it came from the encode cache
+
+
+# ---- stage 3: fingerprint ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Asset:
+    """Final bytes of one asset, before it has a hashed name."""
+
+    logical: str  # "icons/polychrome.webp", "style.css"
+    data: bytes
+    mime: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    logical: str
+    url: str  # "/assets/polychrome.3f2a9c1e0b.webp"
+    size: int
+    integrity: str  # "sha384-..."
+    mime: str
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def path(self) -> str:
+        return self.url.lstrip("/")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    entries: dict[str, ManifestEntry]
+    files: dict[str, bytes]  # release-relative path -> bytes
+
+
+@dataclass(frozen=True)
+class IconSource:
+    mime: str
+    url: str
+
+
+@dataclass(frozen=True)
+class IconRef:
+    """One ICON_MAP entry: what a template needs to draw an icon."""
+
+    name: str
+    alt: str
+    width: int
+    height: int
+    sources: tuple[IconSource, ...]  # best first: AVIF where made, then WebP
+    fallback: str  # the PNG, for <img src>
+
+
+# ---- stage 4/5: render, minify -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteView:
+    """Everything the templates see."""
+
+    title: str
+    base_url: str
+    content: Content
+    icons: dict[str, IconRef]
+    assets: dict[str, ManifestEntry]  # logical name -> entry, for asset_url()
+    build_id: str  # a hash of the inputs: the same inputs give byte-identical pages
+    today: dt.date
+
+
+@dataclass(frozen=True)
+class Page:
+    path: str  # release-relative: "index.html", "codes.json"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Minified:
+    pages: tuple[Page, ...]
+    bytes_before: int
+    bytes_after: int
+
+
+# ---- stage 6: publish -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    switched: bool
+    release: str  # name of the live release after the run
+    changed_pages: tuple[str, ...]  # release-relative paths whose bytes differ from the previous live
+    files_written: int
+    bytes_written: int
+    removed_releases: tuple[str, ...] = ()
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FormatBytes:
+    format: str
+    source: int
+    output: int
+
+
+@dataclass(frozen=True)
+class RunReport:
+    sources: tuple[SourceIcon, ...]
+    encoded: tuple[EncodedIcon, ...]
+    minified_before: int
+    minified_after: int
+    css_before: int
+    css_after: int
+    publish: PublishResult
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,126 @@
+"""Stage 4: SiteView -> pages. Pure given the templates folder.
+
+Jinja2 with autoescape and StrictUndefined. Templates get `ICON_MAP` (name -> IconRef),
+`icon(name)`, `asset_url(logical)`, the content and the site; `_macros.html` draws <picture>.
+Every template error, an unknown icon included, is reported as templates/FILE:LINE.
+Besides the HTML pages (every templates/*.html not starting with "_"), this stage writes
+codes.json, sitemap.xml and robots.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
+
+import jinja2
+
+from .errors import TemplateError
+from .model import IconRef, Page, SiteView
+
+
+class UnknownName(LookupError):
+    """A template asked for an icon or asset that does not exist."""
+
+
+def render_pages(templates_dir: Path, view: SiteView) -> tuple[Page, ...]:
+    env = _environment(templates_dir, view)
+    names = sorted(n for n in env.list_templates(extensions=["html"]) if not Path(n).name.startswith("_"))
+    if "index.html" not in names:
+        raise TemplateError(f"{templates_dir.name}/index.html is missing; every site needs a home page")
+    pages = [Page(name, _render(env, templates_dir, name, view).encode("utf-8")) for name in names]
+    pages.append(Page("codes.json", codes_json(view).encode("utf-8")))
+    pages.append(Page("sitemap.xml", sitemap(view, [p.path for p in pages if p.path.endswith(".html")]).encode()))
+    pages.append(Page("robots.txt", f"User-agent: *\nAllow: /\nSitemap: {view.base_url}/sitemap.xml\n".encode()))
+    return tuple(pages)
+
+
+def _environment(templates_dir: Path, view: SiteView) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(["html", "xml"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+    def icon(name: str) -> IconRef:
+        try:
+            return view.icons[name]
+        except KeyError:
+            raise UnknownName(f"icon {name!r} is not in icon_map.yaml; add it there or fix the name") from None
+
+    def asset_url(logical: str) -> str:
+        try:
+            return view.assets[logical].url
+        except KeyError:
+            raise UnknownName(f"asset {logical!r} does not exist; known: {', '.join(sorted(view.assets))}") from None
+
+    def integrity(logical: str) -> str:
+        return view.assets[logical].integrity if logical in view.assets else asset_url(logical)
+
+    env.globals.update(
+        site=view, ICON_MAP=view.icons, icon_map_json=icon_map_json(view.icons),
+        icon=icon, asset_url=asset_url, integrity=integrity,
+        active=[c for c in view.content.codes if c.active_on(view.today)],
+        expired=[c for c in view.content.codes if not c.active_on(view.today)],
+    )
+    return env
+
+
+def _render(env: jinja2.Environment, templates_dir: Path, name: str, view: SiteView) -> str:
+    try:
+        return env.get_template(name).render()
+    except jinja2.TemplateSyntaxError as error:
+        where = f"{templates_dir.name}/{error.name or name}:{error.lineno}"
+        raise TemplateError(f"{where}: syntax error: {error.message}") from None
+    except (jinja2.TemplateError, UnknownName, TypeError, ValueError, AttributeError, KeyError) as error:
+        raise TemplateError(f"{_template_line(error, templates_dir, name)}: {_message(error)}") from None
+
+
+def _template_line(error: BaseException, templates_dir: Path, name: str) -> str:
+    """The innermost template frame of the traceback (Jinja maps its frames to template lines)."""
+    where = f"{templates_dir.name}/{name}"
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        filename = Path(frame.f_code.co_filename)
+        if filename.suffix == ".html" and templates_dir.resolve() in filename.resolve().parents:
+            where = f"{templates_dir.name}/{filename.relative_to(templates_dir.resolve()) if filename.is_absolute() else filename.name}:{line}"
+    return where
+
+
+def _message(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, UnknownName) else str(error)
+    if isinstance(error, jinja2.UndefinedError):
+        return f"{text}; pass it in or fix the name"
+    return text
+
+
+def icon_map_json(icons: dict[str, IconRef]) -> str:
+    """ICON_MAP as a JSON object, for `|safe` inside <script>: <, >, & and U+2028/9 are escaped,
+    so no name or alt text can close the script element or break the JS string."""
+    data = {name: {
+        "alt": ref.alt, "width": ref.width, "height": ref.height, "png": ref.fallback,
+        **{s.mime.split("/")[1]: s.url for s in ref.sources},
+    } for name, ref in sorted(icons.items())}
+    return _html_safe_json(data)
+
+
+def codes_json(view: SiteView) -> str:
+    data = {"game": view.content.game, "codes": [{
+        "code": c.code, "added": c.added.isoformat(), "expires": c.expires.isoformat() if c.expires else None,
+        "active": c.active_on(view.today), "note": c.note,
+        "rewards": [{"icon": r.icon, "amount": r.amount, "png": view.icons[r.icon].fallback} for r in c.rewards],
+    } for c in view.content.codes]}
+    return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+
+
+def sitemap(view: SiteView, html_paths: list[str]) -> str:
+    urls = [view.base_url + "/" + ("" if p == "index.html" else p) for p in html_paths if p != "404.html"]
+    body = "".join(f"<url><loc>{xml_escape(u)}</loc></url>" for u in urls)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{body}</urlset>\n'
+
+
+def _html_safe_json(data: object) -> str:
+    text = json.dumps(data, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("'", "\\u0027")

@@ -1,0 +1,57 @@
+"""Shared fixtures: a copy of the default site in a temp folder, and a way to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SITE_FILES = ("icon_map.yaml", "site.toml", "codes.yaml", "icons", "templates")
+
+
+def copy_default_site(target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SITE_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The encode cache after one offline build of the default site, built once per session."""
+    site = copy_default_site(tmp_path_factory.mktemp("warm") / "site")
+    result = run_cli(site, "build", "--offline")
+    assert result.returncode == 0, result.stderr
+    return site / ".cache"
+
+
+@pytest.fixture
+def site(tmp_path: Path, warm_cache: Path) -> Path:
+    """A fresh copy of the default site whose encode cache is already warm (no dist/)."""
+    root = copy_default_site(tmp_path / "site")
+    shutil.copytree(warm_cache, root / ".cache")
+    return root
+
+
+@pytest.fixture
+def cold_site(tmp_path: Path) -> Path:
+    """A fresh copy of the default site with an empty encode cache."""
+    return copy_default_site(tmp_path / "site")
+
+
+def run_cli(site: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ARGS --site SITE` in a subprocess, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, "--site", str(site)],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )

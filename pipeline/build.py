@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import httpx
 
 from . import config, encode, fetch, fingerprint, minify, publish, render
+from .lock import exclusive
 from .cache import EncodeCache, cache_key
 from .errors import ConfigError, ImageError
 from .model import Asset, Content, EncodedIcon, Origin, RunReport, SiteConfig, SiteView, SourceIcon
@@ -43,8 +44,8 @@ class BuildRequest:
 
 
 def run(request: BuildRequest, client: httpx.Client | None = None) -> RunReport:
-    """One whole run under dist/.lock. `client` None: a hardened default (unless offline)."""
-    with publish.exclusive(request.site.dist_dir):
+    """One whole run under the site's lock. `client` None: a hardened default (unless offline)."""
+    with exclusive(request.site.cache_dir / "pipeline.lock"):
         if request.offline:
             return _run(request, None)
         with client or fetch.make_client(request.site.fetch) as owned:

@@ -168,13 +168,16 @@ class _Fetcher:
         for _hop in range(self.settings.max_redirects + 1):
             self._check_target(url)
             request = self.client.build_request("GET", url, headers=headers, timeout=self._timeout(url))
+            timeout = request.extensions["timeout"]["read"]
             try:
                 response = self.client.send(request, stream=True, follow_redirects=False)
-            except httpx.TimeoutException:
+            except httpx.ConnectTimeout:
                 raise FetchFailed(f"timed out connecting to {url}") from None
+            except httpx.TimeoutException:
+                raise FetchFailed(f"no response from {url} within {timeout:g}s") from None
             except httpx.HTTPError as error:
                 raise FetchFailed(f"cannot connect to {url} ({type(error).__name__}: {error})") from None
-            with response:
+            try:  # httpx.Response is not a context manager; close() drops an unread body's connection
                 if response.has_redirect_location:
                     url = self._next_hop(url, response.headers["location"])
                     continue
@@ -183,6 +186,8 @@ class _Fetcher:
                 if response.status_code != 200:
                     raise FetchFailed(f"HTTP {response.status_code} from {url}")
                 return url, 200, response.headers, self._read_image(url, response)
+            finally:
+                response.close()
         raise FetchFailed(f"more than {self.settings.max_redirects} redirects from {url}")
 
     def _timeout(self, url: str) -> httpx.Timeout:

@@ -5,7 +5,6 @@
       releases/r000007/                one complete site; never edited once live
       releases/r000007.json            what it holds: built files + hashes, assets it names, time
       .staging-<pid>/                  the next release while it is being written
-      .lock                            flock held for a whole run by every entry point
 
 A release is written to staging (files 0644, dirs 0755, each fsynced), checked (every local URL
 in every page resolves inside it, only regular files), renamed into releases/, and made live by
@@ -18,20 +17,19 @@ live ones is not published at all.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from .errors import LockedError, PublishError
+from .errors import PublishError
 from .model import PublishResult, PublishSettings
 
 RELEASE = re.compile(r"^r(\d{6,})$")
@@ -48,31 +46,7 @@ class Record:
     seq: int
     created: float  # wall-clock seconds; used only for the retention window, never for ordering
     built: dict[str, str]  # path -> sha256 of the files this build produced
-    assets: list[str]  # hashed asset paths this release's pages name (built or carried)
-
-
-# ---- the lock ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def exclusive(dist: Path) -> Iterator[None]:
-    """Non-blocking flock on dist/.lock for the whole run. The kernel drops it if we die."""
-    dist.mkdir(parents=True, exist_ok=True)
-    handle = open(dist / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise LockedError(f"another build is running (pid {holder}); try again when it ends") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
+    assets: list[str]  # the hashed assets this build made; later releases carry them while it is kept
 
 
 # ---- publishing --------------------------------------------------------------------------------
@@ -96,10 +70,14 @@ def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now:
     retained = _retained_assets(records, settings, now)
     staging = dist / f".staging-{os.getpid()}"
     live_dir = releases / live if live else None
-    written, byte_count, carried = _write_release(staging, files, built, live_dir, live_record, retained, checkpoint)
-    check_release(staging)
-    _fsync_tree(staging)
-    record = Record(name, seq, now, built, sorted({p for p in built if p.startswith("assets/")} | carried))
+    try:
+        written, byte_count = _write_release(staging, files, built, live_dir, live_record, retained, checkpoint)
+        check_release(staging)
+        _fsync_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave half a release behind
+        raise
+    record = Record(name, seq, now, built, sorted(p for p in built if p.startswith("assets/")))
     checkpoint("before_stage_rename")
     _write_json(releases / f"{name}.json", record.__dict__)
     os.rename(staging, releases / name)
@@ -117,9 +95,10 @@ def _retained_assets(records: list[Record], settings: PublishSettings, now: floa
 
 
 def _write_release(staging: Path, files: dict[str, bytes], built: dict[str, str], live_dir: Path | None,
-                   live_record: Record | None, retained: set[str], checkpoint: Checkpoint) -> tuple[int, int, set[str]]:
-    """Write new files; hard-link unchanged and retained ones from the live release.
-    Returns files and bytes written, and the retained asset paths carried over."""
+                   live_record: Record | None, retained: set[str], checkpoint: Checkpoint) -> tuple[int, int]:
+    """Write new files; hard-link unchanged and retained ones from the live release, which holds
+    every retained asset (by induction: each release carried the assets of the releases kept
+    when it was made, a superset of those kept now). Returns files and bytes written."""
     staging.mkdir(mode=0o755)
     os.chmod(staging, 0o755)
     same = live_record.built if live_record else {}
@@ -137,15 +116,13 @@ def _write_release(staging: Path, files: dict[str, bytes], built: dict[str, str]
         if path.endswith(COMPRESSIBLE) and (packed := _gzip(data)) is not None:
             _write_file(target.with_name(target.name + ".gz"), packed)
             written, byte_count = written + 1, byte_count + len(packed)
-    carried = set()
     for path in sorted(retained - set(files)):
         target = staging / path
         if live_dir is not None and (live_dir / path).is_file():
             _mkdirs(staging, target.parent)
             _link_if_exists(live_dir / path, target)
             _link_if_exists(live_dir / f"{path}.gz", target.with_name(target.name + ".gz"))
-            carried.add(path)
-    return written, byte_count, carried
+    return written, byte_count
 
 
 def _gzip(data: bytes) -> bytes | None:

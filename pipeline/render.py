@@ -80,13 +80,17 @@ def _render(env: jinja2.Environment, templates_dir: Path, name: str, view: SiteV
 
 
 def _template_line(error: BaseException, templates_dir: Path, name: str) -> str:
-    """The innermost template frame of the traceback (Jinja maps its frames to template lines)."""
-    where = f"{templates_dir.name}/{name}"
+    """The chain of template lines the error passed through, outermost first (Jinja maps its
+    frames to template lines): "templates/_base.html:14 -> templates/index.html:29"."""
+    root = templates_dir.resolve()
+    chain: list[str] = []
     for frame, line in traceback.walk_tb(error.__traceback__):
         filename = Path(frame.f_code.co_filename)
-        if filename.suffix == ".html" and templates_dir.resolve() in filename.resolve().parents:
-            where = f"{templates_dir.name}/{filename.relative_to(templates_dir.resolve()) if filename.is_absolute() else filename.name}:{line}"
-    return where
+        if filename.suffix == ".html" and root in filename.resolve().parents:
+            where = f"{templates_dir.name}/{filename.resolve().relative_to(root).as_posix()}:{line}"
+            if not chain or chain[-1] != where:
+                chain.append(where)
+    return " -> ".join(chain) or f"{templates_dir.name}/{name}"
 
 
 def _message(error: BaseException) -> str:

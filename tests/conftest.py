@@ -45,7 +45,7 @@ def site(tmp_path: Path, warm_cache: Path) -> Path:
 @pytest.fixture
 def cold_site(tmp_path: Path) -> Path:
     """A fresh copy of the default site with an empty encode cache."""
-    return copy_default_site(tmp_path / "site")
+    return copy_default_site(tmp_path / "cold-site")
 
 
 def run_cli(site: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

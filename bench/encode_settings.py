@@ -1,0 +1,468 @@
+"""The measurement behind the encoder settings in pipeline/encode.py.
+
+For each corpus and each strategy it reports the source PNG bytes against the output bytes, the
+mean and minimum SSIM (pipeline.encode.ssim: composited over black and over white, the worse of
+the two), how many icons fall below the 0.98 floor, and the median encode time per icon.
+
+Corpora:
+  default  the icons in icons/*.png (always measured)
+  npm      64 px PNGs from the npm packages emoji-datasource-google and emoji-datasource-twitter
+           16.0.0 (img/<set>/64/*.png), fetched once with `npm pack` into bench/.cache/, sampled
+           deterministically to --limit icons (half from each set). On by default when npm works;
+           off with --quick unless --corpus npm is given.
+
+Strategies (every one runs on the same decoded pixels; times exclude decoding except where noted):
+  WebP lossless m4 / m6, WebP lossy q75/q80/q90 (alpha_quality=100, m4), AVIF 4:4:4 q50/q75
+  (speed 8, one thread, as the pipeline), the pipeline's own per-icon choice (encode_icon: its
+  first variant, which modern browsers get; its WebP variant; its PNG fallback; the time is the
+  whole encode_icon call, decode included), cwebp via subprocess on the same files (lossy -q 80
+  -alpha_q 100 -m 4; -lossless with its defaults; -lossless -q 100 -m 4, which matches Pillow's
+  lossless=True, quality=100, method=4), and oxipng levels 2 and 4 on the source PNG.
+
+Usage:
+  python bench/encode_settings.py --quick          # default icons only, ~10 s
+  python bench/encode_settings.py                  # + npm corpus (400 icons) if npm works
+  python bench/encode_settings.py --corpus npm --limit 400 --jobs 2
+
+Writes bench/results/encode_settings.json (per-icon records and the summaries printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import oxipng
+from PIL import Image, features
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # the repo's pipeline, even when it is not installed
+
+from pipeline import encode as enc  # noqa: E402
+from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon  # noqa: E402
+
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results" / "encode_settings.json"
+NPM_PACKAGES = {"google": "emoji-datasource-google@16.0.0", "twitter": "emoji-datasource-twitter@16.0.0"}
+FLOOR = EncodeSettings().ssim_floor
+AVIF_OPTIONS = {"subsampling": "4:4:4", "speed": 8, "max_threads": 1}  # as pipeline.encode.avif_candidates
+
+# key, label, group. The group decides which comparison section a row also appears in.
+STRATEGIES = [
+    ("webp_ll_m4", "WebP lossless m4", "pillow"),
+    ("webp_ll_m6", "WebP lossless m6", "pillow"),
+    ("webp_q75", "WebP q75 a100 m4", "pillow"),
+    ("webp_q80", "WebP q80 a100 m4", "pillow"),
+    ("webp_q90", "WebP q90 a100 m4", "pillow"),
+    ("avif_q50", "AVIF 444 q50 s8", "pillow"),
+    ("avif_q75", "AVIF 444 q75 s8", "pillow"),
+    ("pipe_best", "pipeline: best (modern)", "pipeline"),
+    ("pipe_webp", "pipeline: WebP", "pipeline"),
+    ("pipe_png", "pipeline: PNG fallback", "pipeline"),
+    ("cwebp_q80", "cwebp -q80 -alpha_q100 -m4", "cwebp"),
+    ("cwebp_ll", "cwebp -lossless", "cwebp"),
+    ("cwebp_ll_q100", "cwebp -lossless -q100 -m4", "cwebp"),
+    ("oxipng_l2", "oxipng -o2 (source)", "png"),
+    ("oxipng_l4", "oxipng -o4 (source)", "png"),
+]
+LABELS = {key: label for key, label, _ in STRATEGIES}
+# Pillow row vs the cwebp row with the same settings (bytes ratio ours/cwebp).
+CWEBP_PAIRS = [("webp_q80", "cwebp_q80"), ("webp_ll_m4", "cwebp_ll_q100"), ("webp_ll_m4", "cwebp_ll")]
+
+
+# ---- corpora ------------------------------------------------------------------------------------
+
+
+def default_corpus() -> list[tuple[str, str, Path]]:
+    return [("default", p.name, p) for p in sorted((ROOT / "icons").glob("*.png"))]
+
+
+def npm_available() -> bool:
+    if all((CACHE / "npm" / s / ".complete").exists() for s in NPM_PACKAGES):
+        return True
+    return shutil.which("npm") is not None
+
+
+def fetch_npm() -> dict[str, Path]:
+    """npm pack each package into bench/.cache/npm/, keep only img/<set>/64/*.png. Idempotent."""
+    out: dict[str, Path] = {}
+    base = CACHE / "npm"
+    base.mkdir(parents=True, exist_ok=True)
+    for emoji_set, spec in NPM_PACKAGES.items():
+        target = base / emoji_set
+        stamp = target / ".complete"
+        if not stamp.exists():
+            if target.exists():
+                shutil.rmtree(target)
+            print(f"fetching {spec} with npm pack ...", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory(dir=base) as tmp:
+                done = subprocess.run(["npm", "pack", spec, "--json", "--pack-destination", tmp],
+                                      capture_output=True, text=True, timeout=600, cwd=tmp)
+                if done.returncode != 0:
+                    raise RuntimeError(f"npm pack {spec} failed: {done.stderr.strip()[-500:]}")
+                info = json.loads(done.stdout)[0]
+                tgz = Path(tmp) / info["filename"]
+                prefix = f"package/img/{emoji_set}/64/"
+                target.mkdir(parents=True)
+                with tarfile.open(tgz, "r:gz") as tar:
+                    for member in tar:
+                        name = member.name
+                        if not (member.isfile() and name.startswith(prefix) and name.endswith(".png")):
+                            continue
+                        leaf = name[len(prefix):]
+                        if "/" in leaf or leaf.startswith("."):
+                            continue
+                        (target / leaf).write_bytes(tar.extractfile(member).read())
+                stamp.write_text(json.dumps({"package": spec, "shasum": info.get("shasum"),
+                                             "integrity": info.get("integrity")}) + "\n")
+        out[emoji_set] = target
+    return out
+
+
+def npm_corpus(limit: int) -> tuple[list[tuple[str, str, Path]], dict]:
+    dirs = fetch_npm()
+    items: list[tuple[str, str, Path]] = []
+    meta = {}
+    sets = list(dirs)
+    for i, emoji_set in enumerate(sets):
+        files = sorted(dirs[emoji_set].glob("*.png"))
+        # Deterministic sample: order by a hash of "set/name", take the first k of each set.
+        files.sort(key=lambda p: hashlib.sha256(f"{emoji_set}/{p.name}".encode()).hexdigest())
+        k = len(files) if limit <= 0 else limit // len(sets) + (1 if i < limit % len(sets) else 0)
+        items += [(emoji_set, p.name, p) for p in files[:k]]
+        meta[emoji_set] = {"available": len(files), "sampled": min(k, len(files)),
+                           **json.loads((dirs[emoji_set] / ".complete").read_text())}
+    return items, meta
+
+
+# ---- one icon -----------------------------------------------------------------------------------
+
+
+def _save(image: Image.Image, fmt: str, **options) -> tuple[bytes, float]:
+    t = time.perf_counter()
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue(), (time.perf_counter() - t) * 1000
+
+
+def _quality(reference: Image.Image, data: bytes) -> float:
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()
+    rgba = decoded.convert("RGBA")
+    if rgba.size != reference.size:
+        return 0.0
+    if rgba.tobytes() == reference.tobytes():
+        return 1.0
+    return enc.ssim(reference, rgba)
+
+
+def _cwebp(path: Path, args: list[str]) -> tuple[bytes, float, float]:
+    """(bytes, cwebp's own 'Time to encode picture' ms, subprocess wall ms)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.webp"
+        t = time.perf_counter()
+        done = subprocess.run(["cwebp", "-v", *args, str(path), "-o", str(out)], capture_output=True, text=True)
+        wall = (time.perf_counter() - t) * 1000
+        if done.returncode != 0:
+            raise RuntimeError(f"cwebp {args} {path}: {done.stderr.strip()[-300:]}")
+        m = re.search(r"Time to encode picture:\s*([\d.]+)s", done.stderr)
+        return out.read_bytes(), float(m.group(1)) * 1000 if m else wall, wall
+
+
+def measure(task: tuple[str, str, str, bool]) -> dict:
+    emoji_set, name, path_str, use_cwebp = task
+    path = Path(path_str)
+    data = path.read_bytes()
+    image = enc.decode(data, name)
+    record = {"set": emoji_set, "name": name, "source_bytes": len(data), "width": image.width,
+              "height": image.height, "colors_le_256": image.getcolors(256) is not None, "results": {}}
+    res = record["results"]
+
+    def put(key: str, out: bytes, ms: float, detail: str = "", **extra) -> None:
+        res[key] = {"bytes": len(out), "ssim": _quality(image, out), "ms": round(ms, 3), "detail": detail, **extra}
+
+    for key, opts in [("webp_ll_m4", {"lossless": True, "quality": 100, "method": 4}),
+                      ("webp_ll_m6", {"lossless": True, "quality": 100, "method": 6}),
+                      ("webp_q75", {"quality": 75, "alpha_quality": 100, "method": 4}),
+                      ("webp_q80", {"quality": 80, "alpha_quality": 100, "method": 4}),
+                      ("webp_q90", {"quality": 90, "alpha_quality": 100, "method": 4})]:
+        put(key, *_save(image, "WEBP", **opts))
+    for key, q in [("avif_q50", 50), ("avif_q75", 75)]:
+        put(key, *_save(image, "AVIF", quality=q, **AVIF_OPTIONS))
+
+    spec = IconSpec(name=name, slug=Path(name).stem, url=path.as_uri(), alt=name, settings=EncodeSettings(), line=0)
+    t = time.perf_counter()
+    encoded = enc.encode_icon(SourceIcon(spec=spec, data=data, origin=Origin.LOCAL))
+    ms = (time.perf_counter() - t) * 1000
+    variants = encoded.variants
+    best, png = variants[0], variants[-1]
+    webp = next((v for v in variants if v.format == "webp"), None)
+    put("pipe_best", best.data, ms, f"{best.format} {best.detail}", reported_ssim=best.ssim)
+    if webp is not None:
+        put("pipe_webp", webp.data, ms, f"webp {webp.detail}", reported_ssim=webp.ssim)
+    else:  # dropped because not smaller than the PNG: a WebP-only browser gets the PNG
+        put("pipe_webp", png.data, ms, "dropped: png served", reported_ssim=png.ssim)
+    put("pipe_png", png.data, ms, f"png {png.detail}")
+    record["pipeline_variants"] = [f"{v.format} {v.detail} {len(v.data)}" for v in variants]
+
+    if use_cwebp:
+        for key, args in [("cwebp_q80", ["-q", "80", "-alpha_q", "100", "-m", "4"]),
+                          ("cwebp_ll", ["-lossless"]),
+                          ("cwebp_ll_q100", ["-lossless", "-q", "100", "-m", "4"])]:
+            out, ms, wall = _cwebp(path, args)
+            put(key, out, ms, wall_ms=round(wall, 3))
+
+    for key, level in [("oxipng_l2", 2), ("oxipng_l4", 4)]:
+        t = time.perf_counter()
+        out = oxipng.optimize_from_memory(data, level=level, strip=oxipng.StripChunks.all())
+        put(key, out, (time.perf_counter() - t) * 1000)
+    return record
+
+
+# ---- summaries ----------------------------------------------------------------------------------
+
+
+def summarise(records: list[dict]) -> dict:
+    out = {}
+    for key, label, _ in STRATEGIES:
+        rows = [(r["source_bytes"], r["results"][key]) for r in records if key in r["results"]]
+        if not rows:
+            continue
+        src = sum(s for s, _ in rows)
+        dst = sum(x["bytes"] for _, x in rows)
+        ssims = [x["ssim"] for _, x in rows]
+        per_icon = [x["bytes"] / s for s, x in rows]
+        out[key] = {
+            "label": label, "n": len(rows), "source_bytes": src, "output_bytes": dst, "ratio": dst / src,
+            "median_icon_ratio": statistics.median(per_icon), "max_icon_ratio": max(per_icon),
+            "icons_over_50pct": sum(p > 0.5 for p in per_icon), "icons_over_70pct": sum(p > 0.7 for p in per_icon),
+            "icons_not_smaller": sum(p >= 1.0 for p in per_icon),
+            "mean_ssim": statistics.fmean(ssims), "min_ssim": min(ssims),
+            "below_floor": sum(s < FLOOR for s in ssims),
+            "median_ms": statistics.median(x["ms"] for _, x in rows),
+            "p90_ms": float(np.percentile([x["ms"] for _, x in rows], 90)),
+            "total_ms": sum(x["ms"] for _, x in rows),
+        }
+        walls = [x["wall_ms"] for _, x in rows if "wall_ms" in x]
+        if walls:
+            out[key]["median_wall_ms"] = statistics.median(walls)
+    return out
+
+
+def cwebp_comparison(records: list[dict]) -> list[dict]:
+    out = []
+    for ours, theirs in CWEBP_PAIRS:
+        pairs = [(r["results"][ours], r["results"][theirs]) for r in records
+                 if ours in r["results"] and theirs in r["results"]]
+        if not pairs:
+            continue
+        ratios = [a["bytes"] / b["bytes"] for a, b in pairs]
+        out.append({
+            "ours": ours, "cwebp": theirs, "n": len(pairs),
+            "bytes_ratio_total": sum(a["bytes"] for a, _ in pairs) / sum(b["bytes"] for _, b in pairs),
+            "bytes_ratio_median": statistics.median(ratios), "bytes_ratio_min": min(ratios), "bytes_ratio_max": max(ratios),
+            "identical_size": sum(a["bytes"] == b["bytes"] for a, b in pairs),
+            "ours_median_ms": statistics.median(a["ms"] for a, _ in pairs),
+            "cwebp_median_encode_ms": statistics.median(b["ms"] for _, b in pairs),
+            "cwebp_median_wall_ms": statistics.median(b["wall_ms"] for _, b in pairs),
+            "ours_mean_ssim": statistics.fmean(a["ssim"] for a, _ in pairs),
+            "cwebp_mean_ssim": statistics.fmean(b["ssim"] for _, b in pairs),
+        })
+    return out
+
+
+def pipeline_breakdown(records: list[dict]) -> dict:
+    kinds: dict[str, int] = {}
+    for r in records:
+        for slot in ("pipe_best", "pipe_webp"):
+            fmt, _, how = r["results"][slot]["detail"].partition(" ")
+            kind = f"{slot.split('_')[1]}={fmt} {'lossless' if how == 'lossless' else 'lossy' if how.startswith('q') else how}"
+            kinds[kind] = kinds.get(kind, 0) + 1
+    webp_q = [int(r["results"]["pipe_webp"]["detail"].split(" q")[1]) for r in records
+              if r["results"]["pipe_webp"]["detail"].startswith("webp q")]
+    avif_q = [int(r["results"]["pipe_best"]["detail"].split(" q")[1]) for r in records
+              if r["results"]["pipe_best"]["detail"].startswith("avif q")]
+
+    def dist(qs: list[int]) -> dict:
+        if not qs:
+            return {"n": 0}
+        return {"n": len(qs), "min": min(qs), "p10": float(np.percentile(qs, 10)), "median": statistics.median(qs),
+                "p90": float(np.percentile(qs, 90)), "max": max(qs),
+                "at_range_top": sum(q >= 90 for q in qs)}
+
+    return {"choices": dict(sorted(kinds.items())), "webp_lossy_quality": dist(webp_q), "avif_quality": dist(avif_q)}
+
+
+# ---- printing -----------------------------------------------------------------------------------
+
+
+def print_table(title: str, summary: dict) -> None:
+    head = f"{'strategy':<28} {'n':>4} {'src KB':>8} {'out KB':>8} {'out/src':>7} {'>50%':>5} {'>70%':>5} " \
+           f"{'mean SSIM':>9} {'min SSIM':>8} {'<0.98':>5} {'med ms':>7}"
+    print(f"\n== {title} ==")
+    print(head)
+    print("-" * len(head))
+    group = None
+    for key, label, g in STRATEGIES:
+        if key not in summary:
+            continue
+        if group is not None and g != group:
+            print()
+        group = g
+        s = summary[key]
+        ms = f"{s['median_ms']:7.1f}" if key in ("pipe_best",) or not key.startswith("pipe") else "      ·"
+        print(f"{label:<28} {s['n']:>4} {s['source_bytes'] / 1000:>8.1f} {s['output_bytes'] / 1000:>8.1f} "
+              f"{s['ratio']:>7.1%} {s['icons_over_50pct']:>5} {s['icons_over_70pct']:>5} {s['mean_ssim']:>9.4f} "
+              f"{s['min_ssim']:>8.4f} {s['below_floor']:>5} {ms}")
+
+
+def print_extras(summary: dict, cw: list[dict], breakdown: dict) -> None:
+    if cw:
+        print("  Pillow vs cwebp (same files; bytes ours/cwebp; ms = encode only, cwebp's own -v timer, 1 ms resolution):")
+        for c in cw:
+            print(f"    {LABELS[c['ours']]:<18} / {LABELS[c['cwebp']]:<26} total {c['bytes_ratio_total']:.3f}  "
+                  f"median {c['bytes_ratio_median']:.3f} [{c['bytes_ratio_min']:.3f}..{c['bytes_ratio_max']:.3f}]  "
+                  f"same size {c['identical_size']}/{c['n']}  ms {c['ours_median_ms']:.1f} vs {c['cwebp_median_encode_ms']:.1f} "
+                  f"(cwebp process wall {c['cwebp_median_wall_ms']:.1f})")
+    print("  pipeline choices: " + ", ".join(f"{k}: {v}" for k, v in breakdown["choices"].items()))
+    for fmt in ("webp_lossy_quality", "avif_quality"):
+        d = breakdown[fmt]
+        if d["n"]:
+            print(f"  {fmt}: n={d['n']} min {d['min']} p10 {d['p10']:.0f} median {d['median']:.0f} p90 {d['p90']:.0f} "
+                  f"max {d['max']} (>=90: {d['at_range_top']})")
+    if "pipe_best" in summary:
+        b, w, p = summary["pipe_best"], summary["pipe_webp"], summary["pipe_png"]
+        print(f"  pipeline encode_icon (decode + all candidates): median {b['median_ms']:.0f} ms, p90 {b['p90_ms']:.0f} ms per icon")
+        checks = [
+            (f"best <= 50% of source bytes: {b['ratio']:.1%} total, {b['icons_over_50pct']} icons over 50%",
+             b["ratio"] <= 0.5),
+            (f"WebP <= 70% of source bytes: {w['ratio']:.1%} total, {w['icons_over_70pct']} icons over 70%",
+             w["ratio"] <= 0.7),
+            (f"no icon below SSIM {FLOOR}: best {b['below_floor']}, WebP {w['below_floor']}, PNG {p['below_floor']}",
+             b["below_floor"] == w["below_floor"] == p["below_floor"] == 0),
+        ]
+        for text, ok in checks:
+            print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+
+def environment(use_cwebp: bool) -> dict:
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "?"
+
+    encode_py = (ROOT / "pipeline" / "encode.py").read_bytes()
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+        "pillow": Image.__version__, "libwebp": features.version("webp"), "libavif": features.version("avif"),
+        "pyoxipng": version("pyoxipng"), "numpy": np.__version__,
+        "cwebp": subprocess.run(["cwebp", "-version"], capture_output=True, text=True).stdout.strip() if use_cwebp else None,
+        "git_head": git("rev-parse", "HEAD"), "encode_py_sha256": hashlib.sha256(encode_py).hexdigest(),
+        "encode_py_modified": bool(git("status", "--porcelain", "pipeline/encode.py")),
+        "encoder_version": enc.ENCODER_VERSION, "encode_settings": asdict(EncodeSettings()),
+        "webp_qualities": list(enc.WEBP_QUALITIES), "avif_qualities": list(enc.AVIF_QUALITIES),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", choices=("auto", "default", "npm"), default=None,
+                        help="default: icons/ only; npm: icons/ + the npm emoji sample; auto (the default "
+                             "without --quick): npm when npm works")
+    parser.add_argument("--quick", action="store_true", help="icons/ only unless --corpus npm is given")
+    parser.add_argument("--limit", type=int, default=400, help="npm icons to sample, half per set (0 = all)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--no-cwebp", action="store_true", help="skip the cwebp rows")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    corpus = args.corpus or ("default" if args.quick else "auto")
+    use_cwebp = not args.no_cwebp and shutil.which("cwebp") is not None
+    if not use_cwebp and not args.no_cwebp:
+        print("cwebp not found: its rows are skipped", file=sys.stderr)
+
+    started = time.perf_counter()
+    corpora: dict[str, list[tuple[str, str, Path]]] = {"default": default_corpus()}
+    npm_meta = None
+    if corpus in ("auto", "npm"):
+        try:
+            if corpus == "auto" and not npm_available():
+                raise RuntimeError("npm not found")
+            items, npm_meta = npm_corpus(args.limit)
+            corpora["npm"] = items
+        except (RuntimeError, OSError, subprocess.SubprocessError, json.JSONDecodeError, tarfile.TarError) as error:
+            if corpus == "npm":
+                print(f"npm corpus unavailable: {error}", file=sys.stderr)
+                return 2
+            print(f"npm corpus skipped: {error}", file=sys.stderr)
+    fetched = time.perf_counter()
+
+    tasks = [(s, n, str(p), use_cwebp) for items in corpora.values() for s, n, p in items]
+    records: list[dict] = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for i, record in enumerate(pool.map(measure, tasks, chunksize=4), 1):
+            records.append(record)
+            if i % 100 == 0:
+                print(f"  {i}/{len(tasks)} icons", file=sys.stderr, flush=True)
+    measured = time.perf_counter()
+
+    results: dict = {"environment": environment(use_cwebp), "floor": FLOOR, "jobs": args.jobs,
+                     "npm": npm_meta, "corpora": {}}
+    by_corpus = {"default": [r for r in records if r["set"] == "default"],
+                 "npm": [r for r in records if r["set"] != "default"]}
+    by_corpus.update({f"npm/{s}": [r for r in records if r["set"] == s] for s in NPM_PACKAGES})
+    for name, recs in by_corpus.items():
+        if not recs:
+            continue
+        summary = summarise(recs)
+        cw = cwebp_comparison(recs)
+        breakdown = pipeline_breakdown(recs)
+        results["corpora"][name] = {"n": len(recs), "summary": summary, "cwebp_vs_pillow": cw,
+                                    "pipeline": breakdown, "icons": recs if "/" not in name else None}
+        title = f"{name}: {len(recs)} icons"
+        if name == "npm" and npm_meta:
+            title += " (sample of " + ", ".join(f"{s} {m['sampled']}/{m['available']}" for s, m in npm_meta.items()) + ")"
+        print_table(title, summary)
+        print_extras(summary, cw, breakdown)
+
+    env = results["environment"]
+    results["seconds"] = {"fetch": round(fetched - started, 2), "measure": round(measured - fetched, 2),
+                          "total": round(time.perf_counter() - started, 2)}
+    print(f"\nPillow {env['pillow']} (libwebp {env['libwebp']}, libavif {env['libavif']}), "
+          f"cwebp {env['cwebp'] or 'not used'}, pyoxipng {env['pyoxipng']}; "
+          f"encode.py {env['encode_py_sha256'][:12]}{' (modified)' if env['encode_py_modified'] else ''}; "
+          f"{args.jobs} workers on {env['cpus']} cpus")
+    print("ms: median per icon, one encode, pixels already decoded; pipeline rows share one encode_icon call "
+          "(decode included), shown once. >50%/>70%: icons whose output exceeds that share of their source.")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output} "
+          f"in {results['seconds']['total']:.1f} s (fetch {results['seconds']['fetch']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""End to end through the CLI, on a copy of the default site, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from pipeline.lock import exclusive
+
+from .conftest import REPO, run_cli
+
+MAGIC = {".png": b"\x89PNG", ".webp": b"RIFF", ".avif": b"\x00\x00\x00", ".css": b""}
+
+
+class Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []  # (tag, attribute, url)
+        self.pictures: list[list[tuple[str, dict[str, str | None]]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "picture":
+            self.pictures.append([])
+        elif tag in ("source", "img") and self.pictures:
+            self.pictures[-1].append((tag, a))
+        for key in ("src", "href", "srcset"):
+            if a.get(key):
+                self.refs.append((tag, key, a[key]))
+
+
+def snapshot(dist: Path) -> dict[str, bytes | str]:
+    """Every file's bytes and every symlink's target under dist/."""
+    out: dict[str, bytes | str] = {}
+    for path in sorted(dist.rglob("*")):
+        key = path.relative_to(dist).as_posix()
+        if path.is_symlink():
+            out[key] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[key] = path.read_bytes()
+    return out
+
+
+def test_default_site_builds_and_every_reference_resolves(site: Path) -> None:
+    result = run_cli(site, "build", "--offline")
+    assert result.returncode == 0, result.stderr
+    assert "published r000001" in result.stdout and "11 local" in result.stdout
+    live = site / "dist" / "current"
+    manifest = json.loads((live / "manifest.json").read_text())
+    html_files = sorted(live.rglob("*.html"))
+    assert [p.name for p in html_files] == ["404.html", "index.html"]
+    for page in html_files:
+        parser = Refs()
+        parser.feed(page.read_text())
+        local = [(t, k, u) for t, k, u in parser.refs if u.startswith("/")]
+        assert local, page
+        for tag, key, url in local:
+            target = live / url.lstrip("/").split("#")[0]
+            if url == "/":
+                target = live / "index.html"
+            assert target.is_file(), f"{page.name}: {tag} {key}={url} missing"
+            assert target.read_bytes().startswith(MAGIC.get(target.suffix, b"")), url
+    # The <picture> fallback <img> is a PNG; each <source> type matches its file.
+    parser = Refs()
+    parser.feed((live / "index.html").read_text())
+    assert len(parser.pictures) >= 11
+    for picture in parser.pictures:
+        *sources, (img_tag, img) = picture
+        assert img_tag == "img" and img["src"].endswith(".png")
+        assert Image.open(live / img["src"].lstrip("/")).size == (int(img["width"]), int(img["height"]))
+        for _tag, source in sources:
+            assert source["srcset"].endswith("." + source["type"].split("/")[1])
+    # ICON_MAP, as injected into the page, matches the manifest.
+    icon_map = json.loads(re.search(r"const ICON_MAP = (.*?);</script>", (live / "index.html").read_text()).group(1))
+    spec_names = [line.split(":")[0] for line in (site / "icon_map.yaml").read_text().splitlines()
+                  if line and not line.startswith((" ", "#"))]
+    assert sorted(icon_map) == sorted(spec_names)
+    by_url = {entry["url"]: entry for entry in manifest.values()}
+    for name, entry in icon_map.items():
+        for fmt in ("png", "webp", "avif"):
+            if fmt in entry:
+                assert by_url[entry[fmt]]["type"] == f"image/{fmt}"
+                assert (by_url[entry[fmt]]["width"], by_url[entry[fmt]]["height"]) == (entry["width"], entry["height"])
+    assert {"codes.json", "sitemap.xml", "robots.txt"} <= {p.name for p in live.iterdir()}
+    codes = json.loads((live / "codes.json").read_text())
+    assert codes["game"] == "Zenless Zone Zero" and len(codes["codes"]) == 7
+
+
+def test_second_build_changes_nothing_and_one_new_icon_encodes_alone(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    before = snapshot(site / "dist")
+    again = run_cli(site, "build", "--offline")
+    assert again.returncode == 0, again.stderr
+    assert "nothing changed; r000001 stays live" in again.stdout
+    assert "0 encoded, 11 reused from cache" in again.stdout
+    assert "0 files, 0 bytes written" in again.stdout
+    assert snapshot(site / "dist") == before
+    # Replace one source: only that icon is encoded, and its page changes.
+    denny = site / "icons" / "denny.png"
+    ImageOps.mirror(Image.open(denny)).save(denny)
+    changed = run_cli(site, "build", "--offline")
+    assert changed.returncode == 0, changed.stderr
+    assert "1 encoded, 10 reused from cache" in changed.stdout
+    assert "published r000002" in changed.stdout and "index.html" in changed.stdout
+
+
+def test_failed_build_leaves_dist_byte_identical(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    before = snapshot(site / "dist")
+    index = site / "templates" / "index.html"
+    index.write_text(index.read_text().replace("{{ code_row(code) }}", "{{ code_row(code) }}{{ missing_var }}", 1))
+    (site / "codes.yaml").write_text((site / "codes.yaml").read_text().replace("HDDTAPES", "HDDTAPES2"))
+    result = run_cli(site, "build", "--offline")
+    assert result.returncode == 65
+    assert "templates/index.html:" in result.stderr and "'missing_var' is undefined" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(site / "dist") == before
+
+
+def test_kill_during_write_leaves_live_site_and_next_run_converges(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    before = snapshot(site / "dist" / "current")
+    (site / "codes.yaml").write_text((site / "codes.yaml").read_text().replace("HDDTAPES", "HDDTAPES2"))
+    for point in ("mid_write", "before_stage_rename", "after_stage_rename"):
+        killed = run_cli(site, "build", "--offline", env={"BUILDER_CRASH_AT": point})
+        assert killed.returncode == -9, (point, killed.stderr)
+        assert snapshot(site / "dist" / "current") == before, point
+    result = run_cli(site, "build", "--offline")
+    assert result.returncode == 0, result.stderr
+    assert "HDDTAPES2" in (site / "dist/current/index.html").read_text()
+    assert not list((site / "dist").glob(".staging-*"))
+
+
+def test_second_process_gets_the_lock_message(site: Path) -> None:
+    with exclusive(site / ".cache" / "pipeline.lock"):
+        result = run_cli(site, "build", "--offline")
+    assert result.returncode == 75
+    assert f"another build is running (pid {os.getpid()})" in result.stderr
+
+
+def test_icons_command_reencodes_named_icons(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    forced = run_cli(site, "icons", "Denny", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "1 encoded, 10 reused from cache" in forced.stdout
+    assert "nothing changed" in forced.stdout  # the encoder is deterministic: same bytes, no switch
+    # New settings for one icon: only it is encoded again, without --force.
+    icon_map = site / "icon_map.yaml"
+    icon_map.write_text(icon_map.read_text().replace("  alt: Polychrome\n", "  alt: Polychrome\n  avif: false\n"))
+    changed = run_cli(site, "icons", "Polychrome")
+    assert "1 encoded, 10 reused from cache" in changed.stdout and "published r000002" in changed.stdout
+    unknown = run_cli(site, "icons", "Nope")
+    assert unknown.returncode == 78 and "unknown icon(s): 'Nope'" in unknown.stderr
+
+
+def test_cold_build_encodes_everything_in_parallel_and_matches_warm(cold_site: Path, site: Path) -> None:
+    cold = run_cli(cold_site, "build", "--offline", "--jobs", "2")
+    assert cold.returncode == 0, cold.stderr
+    assert "11 encoded, 0 reused from cache" in cold.stdout
+    assert run_cli(site, "build", "--offline").returncode == 0
+    ours = snapshot(cold_site / "dist" / "current")
+    theirs = snapshot(site / "dist" / "current")
+    assert ours == theirs  # deterministic: a cold build equals one from the cache
+
+
+def test_console_script_and_module_entry_points() -> None:
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "build" in out.stdout and "icons" in out.stdout

@@ -1,0 +1,100 @@
+"""Stage 6: atomic switch, no-op detection, retention of old assets, the pre-switch gate."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PublishError
+from pipeline.model import PublishSettings
+from pipeline.publish import check_release, live_release, load_records, publish
+
+HOUR = 3600.0
+SETTINGS = PublishSettings(keep_releases=2, retention_hours=24)
+
+
+def site_files(version: str, asset: str) -> dict[str, bytes]:
+    page = f'<!doctype html><html><body><img src="/assets/{asset}">{version}</body></html>'
+    return {"index.html": page.encode(), f"assets/{asset}": asset.encode() * 50}
+
+
+def test_first_publish_switches_and_sets_modes_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        result = publish(tmp_path / "dist", site_files("v1", "a.1111.png"), SETTINGS, now=1000 * HOUR)
+    finally:
+        os.umask(old)
+    current = tmp_path / "dist" / "current"
+    assert result.switched and current.is_symlink() and os.readlink(current) == f"releases/{result.release}"
+    assert (current / "index.html").read_bytes().endswith(b"v1</body></html>")
+    for path in current.resolve().rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+    assert stat.S_IMODE(current.resolve().stat().st_mode) == 0o755
+
+
+def test_same_files_publish_nothing(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    first = publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1000 * HOUR)
+    second = publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1001 * HOUR)
+    assert not second.switched and second.release == first.release
+    assert (second.files_written, second.bytes_written) == (0, 0)
+    assert sorted(p.name for p in (dist / "releases").iterdir()) == [first.release, f"{first.release}.json"]
+
+
+def test_changed_page_switches_and_old_assets_stay_for_the_window(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1000 * HOUR)
+    second = publish(dist, site_files("v2", "a.2222.png"), SETTINGS, now=1001 * HOUR)
+    assert second.switched and second.changed_pages == ("index.html",)
+    live = dist / "current"
+    assert (live / "assets/a.1111.png").is_file() and (live / "assets/a.2222.png").is_file()
+    # Unchanged bytes are hard links, not copies.
+    third = publish(dist, {**site_files("v3", "a.2222.png")}, SETTINGS, now=1002 * HOUR)
+    assert (dist / "releases" / second.release / "assets/a.2222.png").stat().st_ino == \
+        (dist / "releases" / third.release / "assets/a.2222.png").stat().st_ino
+
+
+def test_assets_dropped_after_retention_and_keep_count(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1000 * HOUR)
+    for n in range(2, 5):  # 25+ hours later, and more than keep_releases releases
+        publish(dist, site_files(f"v{n}", "a.2222.png"), SETTINGS, now=(1024 + n) * HOUR)
+    assert not (dist / "current/assets/a.1111.png").exists()
+    # r000001 is past the window and not among the last 2; r000002 is inside the window.
+    assert [r.name for r in load_records(dist / "releases")] == ["r000002", "r000003", "r000004"]
+    assert not (dist / "releases/r000001").exists()
+
+
+def test_clock_jumping_back_never_removes_live_or_recent_releases(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    names = [publish(dist, site_files(f"v{n}", f"a.{n}.png"), SETTINGS, now=1000 * HOUR).release for n in range(3)]
+    late = publish(dist, site_files("v9", "a.9.png"), SETTINGS, now=(1000 - 48) * HOUR)
+    assert live_release(dist) == late.release and late.release > names[-1]  # ordered by sequence, not clock
+    for name in names:  # created "in the future" relative to the jumped clock: all kept
+        assert (dist / "releases" / name).is_dir()
+
+
+def test_gate_refuses_a_dangling_reference_and_keeps_the_live_site(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    good = publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1000 * HOUR)
+    broken = site_files("v2", "a.2222.png")
+    del broken["assets/a.2222.png"]
+    with pytest.raises(PublishError) as caught:
+        publish(dist, broken, SETTINGS, now=1001 * HOUR)
+    assert "index.html names /assets/a.2222.png, which is not in the release" in str(caught.value)
+    assert live_release(dist) == good.release
+    assert not list(dist.glob(".staging-*"))
+
+
+def test_gate_refuses_symlinks_and_fifos(tmp_path: Path) -> None:
+    root = tmp_path / "release"
+    root.mkdir()
+    (root / "index.html").write_text("<html></html>")
+    (root / "passwd").symlink_to("/etc/passwd")
+    os.mkfifo(root / "pipe")
+    with pytest.raises(PublishError) as caught:
+        check_release(root)
+    assert caught.value.problems == ("passwd: not a regular file or directory", "pipe: not a regular file or directory")

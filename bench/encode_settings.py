@@ -19,9 +19,15 @@ Strategies (every one runs on the same decoded pixels; times exclude decoding ex
   -alpha_q 100 -m 4; -lossless with its defaults; -lossless -q 100 -m 4, which matches Pillow's
   lossless=True, quality=100, method=4), and oxipng levels 2 and 4 on the source PNG.
 
-Usage:
-  python bench/encode_settings.py --quick          # default icons only, ~10 s
-  python bench/encode_settings.py                  # + npm corpus (400 icons) if npm works
+  With --sweep, each swept icon (all default icons, the first --sweep-limit npm icons) is also
+  encoded at every quality 0..100 of the pipeline's lossy WebP and AVIF settings, and other search
+  ranges / an exhaustive search are replayed offline against encode_icon's own result; AVIF speed 6
+  and WebP lossy method 6 are tried at the quality the pipeline chose.
+
+Usage (times on 2 cores):
+  python bench/encode_settings.py --quick          # default icons only, ~5 s
+  python bench/encode_settings.py                  # + npm corpus (400 icons) if npm works, ~2.5 min
+  python bench/encode_settings.py --sweep          # + the q-grid replay on 211 icons, ~6 min
   python bench/encode_settings.py --corpus npm --limit 400 --jobs 2
 
 Writes bench/results/encode_settings.json (per-icon records and the summaries printed).
@@ -187,8 +193,8 @@ def _cwebp(path: Path, args: list[str]) -> tuple[bytes, float, float]:
         return out.read_bytes(), float(m.group(1)) * 1000 if m else wall, wall
 
 
-def measure(task: tuple[str, str, str, bool]) -> dict:
-    emoji_set, name, path_str, use_cwebp = task
+def measure(task: tuple[str, str, str, bool, bool]) -> dict:
+    emoji_set, name, path_str, use_cwebp, sweep = task
     path = Path(path_str)
     data = path.read_bytes()
     image = enc.decode(data, name)
@@ -234,7 +240,32 @@ def measure(task: tuple[str, str, str, bool]) -> dict:
         t = time.perf_counter()
         out = oxipng.optimize_from_memory(data, level=level, strip=oxipng.StripChunks.all())
         put(key, out, (time.perf_counter() - t) * 1000)
+    if sweep:
+        record["sweep"] = sweep_icon(image, best, webp)
     return record
+
+
+def sweep_icon(image: Image.Image, best, webp) -> dict:
+    """Every quality 0..100 of the pipeline's lossy WebP and AVIF settings: [bytes, SSIM, ms] by q,
+    so any search range can be replayed offline; and, at the quality the pipeline chose, the
+    slower settings its comments rejected (AVIF speed 6, WebP method 6)."""
+    out: dict = {}
+    for fmt, opts in (("webp", {"alpha_quality": 100, "method": 4}), ("avif", AVIF_OPTIONS)):
+        grid = []
+        for q in range(101):
+            data, ms = _save(image, fmt.upper(), quality=q, **opts)
+            grid.append([len(data), round(_quality(image, data), 5), round(ms, 2)])
+        out[fmt] = grid
+    at_choice = {}
+    for variant, fmt, slower in ((best, "avif", {**AVIF_OPTIONS, "speed": 6}),
+                                 (webp, "webp", {"alpha_quality": 100, "method": 6})):
+        if variant is not None and variant.format == fmt and variant.detail.startswith("q"):
+            q = int(variant.detail[1:])
+            data, ms = _save(image, fmt.upper(), quality=q, **slower)
+            at_choice[fmt] = {"q": q, "bytes": len(data), "ssim": _quality(image, data), "ms": round(ms, 2),
+                              "fast_bytes": out[fmt][q][0], "fast_ssim": out[fmt][q][1], "fast_ms": out[fmt][q][2]}
+    out["slower_at_choice"] = at_choice
+    return out
 
 
 # ---- summaries ----------------------------------------------------------------------------------
@@ -309,6 +340,124 @@ def pipeline_breakdown(records: list[dict]) -> dict:
                 "at_range_top": sum(q >= 90 for q in qs)}
 
     return {"choices": dict(sorted(kinds.items())), "webp_lossy_quality": dist(webp_q), "avif_quality": dist(avif_q)}
+
+
+# ---- what-if replay (--sweep) ----------------------------------------------------------------------
+
+POLICIES = [  # label, WebP range, AVIF range, search
+    ("current: bisect W30-98 A30-95", (30, 98), (30, 95), "bisect"),
+    ("bisect W20-98 A30-95", (20, 98), (30, 95), "bisect"),
+    ("bisect W10-98 A30-95", (10, 98), (30, 95), "bisect"),
+    ("bisect W0-98 A30-95", (0, 98), (30, 95), "bisect"),
+    ("bisect W0-98 A0-95", (0, 98), (0, 95), "bisect"),
+    ("bisect W30-100 A30-100", (30, 100), (30, 100), "bisect"),
+    ("exhaustive W30-98 A30-95", (30, 98), (30, 95), "scan"),
+    ("exhaustive W0-100 A0-100 (oracle)", (0, 100), (0, 100), "scan"),
+]
+
+
+def _search(grid: list, low: int, high: int, how: str, floor: float) -> tuple[int | None, int]:
+    """(bytes of the chosen lossy candidate or None, encodes made), replaying pipeline.encode.choose."""
+    if how == "scan":
+        passing = [grid[q][0] for q in range(low, high + 1) if grid[q][1] >= floor]
+        return (min(passing) if passing else None), high - low + 1
+    best, encodes = None, 0
+    while low <= high:
+        q = (low + high) // 2
+        encodes += 1
+        size, score = grid[q][0], grid[q][1]
+        if score >= floor:
+            best = size if best is None else min(best, size)
+            high = q - 1
+        else:
+            low = q + 1
+    return best, encodes
+
+
+def replay(record: dict, webp_range, avif_range, how: str) -> dict:
+    r, sw = record["results"], record["sweep"]
+    lossless = r["webp_ll_m4"]["bytes"]
+    if record["colors_le_256"]:
+        lossless = min(lossless, r["webp_ll_m6"]["bytes"])
+    lossy, n_webp = _search(sw["webp"], *webp_range, how, FLOOR)
+    webp = lossless if lossy is None else min(lossless, lossy)
+    avif, n_avif = _search(sw["avif"], *avif_range, how, FLOOR)
+    png = r["pipe_png"]["bytes"]
+    kept = [b for b in ([avif] if avif is not None and avif < webp else []) + [webp] if b < png]
+    return {"best": (kept or [png])[0], "webp": webp if webp < png else png, "encodes": n_webp + n_avif}
+
+
+def sweep_report(records: list[dict]) -> dict | None:
+    records = [r for r in records if "sweep" in r]
+    if not records:
+        return None
+    src = sum(r["source_bytes"] for r in records)
+    current = [replay(r, (30, 98), (30, 95), "bisect") for r in records]
+    out: dict = {
+        "n": len(records),
+        # the replay must reproduce encode_icon byte for byte, or the what-ifs mean nothing
+        "replay_matches_pipeline": sum(c["best"] == r["results"]["pipe_best"]["bytes"] and
+                                       c["webp"] == r["results"]["pipe_webp"]["bytes"] for c, r in zip(current, records)),
+        "policies": [],
+    }
+    if (enc.WEBP_QUALITIES, enc.AVIF_QUALITIES) != ((30, 98), (30, 95)):
+        out["note"] = f"pipeline ranges are now {enc.WEBP_QUALITIES} / {enc.AVIF_QUALITIES}; 'current' replays (30, 98) / (30, 95)"
+    for label, wr, ar, how in POLICIES:
+        runs = [replay(r, wr, ar, how) for r in records]
+        out["policies"].append({
+            "label": label, "webp_range": wr, "avif_range": ar, "search": how,
+            "best_ratio": sum(x["best"] for x in runs) / src, "webp_ratio": sum(x["webp"] for x in runs) / src,
+            "best_over_50pct": sum(x["best"] > 0.5 * r["source_bytes"] for x, r in zip(runs, records)),
+            "webp_over_70pct": sum(x["webp"] > 0.7 * r["source_bytes"] for x, r in zip(runs, records)),
+            "lossy_encodes_per_icon": statistics.fmean(x["encodes"] for x in runs),
+        })
+    for fmt in ("webp", "avif"):
+        grids = [r["sweep"][fmt] for r in records]
+        passing = [[q for q in range(101) if g[q][1] >= FLOOR] for g in grids]
+        out[f"{fmt}_grid"] = {
+            "never_passes_q0_100": sum(not p for p in passing),
+            "never_passes_below_q99": sum(not [q for q in p if q <= 98] for p in passing),
+            # SSIM not monotone in q: some q passes while a higher q fails
+            "non_monotone": sum(bool(p) and p != list(range(p[0], 101)) for p in passing),
+            "passes_at_q0": sum(bool(p) and p[0] == 0 for p in passing),
+            "lowest_passing_q": dict(zip(("p10", "median", "p90"),
+                                         (np.percentile([p[0] for p in passing if p], [10, 50, 90]).tolist()
+                                          if any(passing) else [None] * 3))),
+            "median_encode_ms": statistics.median(g[q][2] for g in grids for q in range(101)),
+        }
+    for fmt, label in (("avif", "AVIF speed 6 vs 8"), ("webp", "WebP lossy method 6 vs 4")):
+        rows = [r["sweep"]["slower_at_choice"][fmt] for r in records if fmt in r["sweep"]["slower_at_choice"]]
+        if rows:
+            out[f"slower_{fmt}"] = {
+                "label": label, "n": len(rows),
+                "bytes_ratio_slow_over_fast": sum(x["bytes"] for x in rows) / sum(x["fast_bytes"] for x in rows),
+                "median_ms_slow": statistics.median(x["ms"] for x in rows),
+                "median_ms_fast": statistics.median(x["fast_ms"] for x in rows),
+                "slow_below_floor": sum(x["ssim"] < FLOOR for x in rows),
+            }
+    return out
+
+
+def print_sweep(rep: dict) -> None:
+    print(f"  what-if replay over the full q grid ({rep['n']} icons; replay reproduces encode_icon on "
+          f"{rep['replay_matches_pipeline']}/{rep['n']}){' - ' + rep['note'] if 'note' in rep else ''}:")
+    print(f"    {'policy':<36} {'best':>6} {'>50%':>5} {'WebP':>6} {'>70%':>5} {'lossy encodes':>13}")
+    for p in rep["policies"]:
+        print(f"    {p['label']:<36} {p['best_ratio']:>6.1%} {p['best_over_50pct']:>5} {p['webp_ratio']:>6.1%} "
+              f"{p['webp_over_70pct']:>5} {p['lossy_encodes_per_icon']:>13.1f}")
+    for fmt in ("webp", "avif"):
+        g = rep[f"{fmt}_grid"]
+        lp = g["lowest_passing_q"]
+        print(f"    {fmt} lossy grid: never >= {FLOOR} at any q: {g['never_passes_q0_100']} (at q<=98: "
+              f"{g['never_passes_below_q99']}); passes at q0: {g['passes_at_q0']}; non-monotone in q: "
+              f"{g['non_monotone']}; lowest passing q p10/median/p90 {lp['p10']}/{lp['median']}/{lp['p90']}; "
+              f"median encode {g['median_encode_ms']:.1f} ms")
+    for fmt in ("avif", "webp"):
+        x = rep.get(f"slower_{fmt}")
+        if x:
+            print(f"    {x['label']} at the chosen q ({x['n']} icons): bytes {x['bytes_ratio_slow_over_fast']:.3f}x, "
+                  f"{x['median_ms_slow']:.1f} vs {x['median_ms_fast']:.1f} ms, below floor after the switch: "
+                  f"{x['slow_below_floor']}")
 
 
 # ---- printing -----------------------------------------------------------------------------------
@@ -396,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=400, help="npm icons to sample, half per set (0 = all)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--no-cwebp", action="store_true", help="skip the cwebp rows")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also encode every quality 0..100 (WebP, AVIF) per icon and replay other search "
+                             "ranges and slower settings offline (~2 s more per icon per core)")
+    parser.add_argument("--sweep-limit", type=int, default=200,
+                        help="npm icons to sweep, half per set, the first of the sample (0 = all sampled)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -420,7 +574,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"npm corpus skipped: {error}", file=sys.stderr)
     fetched = time.perf_counter()
 
-    tasks = [(s, n, str(p), use_cwebp) for items in corpora.values() for s, n, p in items]
+    # --sweep covers every default icon and the first --sweep-limit npm icons (the sample order is
+    # already a hash order, so the first k of each set is itself a deterministic random sample)
+    per_set: dict[str, int] = {}
+    tasks = []
+    for items in corpora.values():
+        for s, n, p in items:
+            k = per_set[s] = per_set.get(s, 0) + 1
+            swept = args.sweep and (s == "default" or args.sweep_limit <= 0 or
+                                    k <= args.sweep_limit // len(NPM_PACKAGES))
+            tasks.append((s, n, str(p), use_cwebp, swept))
     records: list[dict] = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for i, record in enumerate(pool.map(measure, tasks, chunksize=4), 1):
@@ -447,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
             title += " (sample of " + ", ".join(f"{s} {m['sampled']}/{m['available']}" for s, m in npm_meta.items()) + ")"
         print_table(title, summary)
         print_extras(summary, cw, breakdown)
+        sweep = sweep_report(recs)
+        if sweep:
+            results["corpora"][name]["sweep"] = sweep
+            print_sweep(sweep)
 
     env = results["environment"]
     results["seconds"] = {"fetch": round(fetched - started, 2), "measure": round(measured - fetched, 2),

@@ -56,6 +56,7 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     site, timings = request.site, Timings()
     with timings("config"):
         content = _load_content(site)
+    request.checkpoint("after_config")
     with timings("fetch"):
         store = fetch.IconStore(site.icons_dir)
         sources = fetch.fetch_sources(site.icons, store, client, site.fetch)
@@ -66,6 +67,7 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
         for source in sources:
             if source.origin is not Origin.STALE and source.origin is not Origin.LOCAL:
                 store.save(source)  # decoded and encoded fine: now it is the last good copy
+    request.checkpoint("after_encode")
     with timings("minify"):
         css_before, css_assets = _stylesheets(site)
     with timings("fingerprint"):
@@ -79,6 +81,7 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
         pages = render.render_pages(site.templates_dir, view)
     with timings("minify"):
         minified = minify.minify_pages(pages)
+    request.checkpoint("after_render")
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
         result = publish.publish(site.dist_dir, files, site.publish, request.now, request.checkpoint)

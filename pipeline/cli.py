@@ -1,99 +1,173 @@
-"""argv -> config -> one call into build -> summary + exit code. Nothing else.
+"""argv -> config -> one call into build or schedule -> summary + exit code. Nothing else.
 
 stdout gets the run summary; stderr gets warnings and errors. Exit codes: see pipeline/errors.py.
+The heavy stage modules are imported only by the commands that build, so `pipeline refresh`
+(a long-lived daemon) stays small.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import build, config
-from .errors import ConfigError, PipelineError
-from .model import Origin, RunReport
+from .errors import ConfigError, Interrupted, PipelineError
+
+if TYPE_CHECKING:
+    from .build import BuildRequest
+    from .model import RunReport
 
 CRASH_ENV = "BUILDER_CRASH_AT"  # test-only: kill -9 ourselves at a named checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "refresh":
+        return _refresh(args)
     started = time.perf_counter()
+    stop = _StopOnSignal()
     try:
-        site = config.load_site(Path(args.site))
-        request = build.BuildRequest(site, today=dt.date.today(), now=time.time(), offline=args.offline,
-                                     jobs=args.jobs, checkpoint=_crash_point())
-        if args.command == "icons":
-            request = _icons_request(request, args.names, args.force)
-        report = build.run(request)
+        report = _build(args, stop)
     except PipelineError as error:
         print(f"pipeline: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("pipeline: interrupted; nothing was switched", file=sys.stderr)
-        return 130
+    except BaseException:
+        if not stop.requested:
+            raise
+        print("pipeline: error: stopped by a signal; nothing was switched", file=sys.stderr)
+        return Interrupted.exit_code
     for line in warnings(report):
         print(f"pipeline: warning: {line}", file=sys.stderr)
-    print(summary(report, time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    print(summary_line(report, seconds) if args.summary == "line" else summary(report, seconds))
+    return 0
+
+
+def _build(args: argparse.Namespace, stop: _StopOnSignal) -> RunReport:
+    from . import build, config
+
+    site = config.load_site(Path(args.site))
+    request = build.BuildRequest(site, today=dt.date.today(), now=time.time(), offline=args.offline,
+                                 jobs=args.jobs, checkpoint=stop.checkpoint(os.environ.get(CRASH_ENV)))
+    if args.command == "icons":
+        request = _icons_request(request, args.names, args.force)
+    return build.run(request)
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    from .lock import exclusive
+    from .schedule import ScheduleSettings, refresh
+
+    settings = ScheduleSettings(args.interval, args.jitter, args.run_timeout)
+    site = Path(args.site).resolve()
+    extra = ["--offline"] if args.offline else []
+    try:
+        with exclusive(site / ".cache" / "refresh.lock"):
+            print(f"pipeline refresh: {site}: every {settings.interval:g}s (jitter {settings.jitter:g}s, "
+                  f"run timeout {settings.run_timeout:g}s); pid {os.getpid()}", flush=True)
+            refresh(site, settings, lambda line: print(line, flush=True), args.max_runs, extra)
+    except PipelineError as error:
+        print(f"pipeline: error: {error}".replace("another build", "another refresh"), file=sys.stderr)
+        return error.exit_code
+    print("pipeline refresh: stopped", flush=True)
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pipeline", description=(__doc__ or "").splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--site", default=".", metavar="DIR", help="the site folder (default: the current one)")
-    common.add_argument("--jobs", type=int, default=0, metavar="N", help="encode processes (default: one per core)")
+    runs = argparse.ArgumentParser(add_help=False)
+    runs.add_argument("--jobs", type=int, default=0, metavar="N", help="encode processes (default: one per core)")
+    runs.add_argument("--summary", choices=("full", "line"), default="full", help="the run summary as a table or one line")
     commands = parser.add_subparsers(dest="command", required=True)
-    build_cmd = commands.add_parser("build", parents=[common], help="fetch, encode, render and publish the site")
+    build_cmd = commands.add_parser("build", parents=[common, runs], help="fetch, encode, render and publish the site")
     build_cmd.add_argument("--offline", action="store_true", help="use the sources in icons/ only; no network")
-    icons = commands.add_parser("icons", parents=[common],
+    icons = commands.add_parser("icons", parents=[common, runs],
                                 help="re-optimise icons from icons/ with the current settings, rebuild, publish")
     icons.add_argument("names", nargs="*", metavar="NAME", help="icon names as in icon_map.yaml (default: all)")
     icons.add_argument("--force", action="store_true", help="encode even where the cache holds these settings")
     icons.set_defaults(offline=True)
+    refresh_cmd = commands.add_parser("refresh", parents=[common],
+                                      help="build now and then every interval until stopped (SIGTERM)")
+    refresh_cmd.add_argument("--interval", type=_seconds, default=3600.0, metavar="T", help="e.g. 3600, 60m, 1h (default 1h)")
+    refresh_cmd.add_argument("--jitter", type=_seconds, default=0.0, metavar="T", help="random delay added to each tick")
+    refresh_cmd.add_argument("--run-timeout", type=_seconds, default=900.0, metavar="T", help="kill a run after this (default 15m)")
+    refresh_cmd.add_argument("--offline", action="store_true", help="pass --offline to every build")
+    refresh_cmd.add_argument("--max-runs", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
     return parser
 
 
-def _icons_request(request: build.BuildRequest, names: list[str], force: bool) -> build.BuildRequest:
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 15m or 1h") from None
+    if value <= 0 and text not in ("0", "0s"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _icons_request(request: BuildRequest, names: list[str], force: bool) -> BuildRequest:
+    from dataclasses import replace
+
     known = {spec.name for spec in request.site.icons}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown icon(s): {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
     chosen = frozenset(names or known)
-    return build.BuildRequest(request.site, request.today, request.now, offline=True,
-                              reencode=chosen if force else frozenset(), jobs=request.jobs,
-                              checkpoint=request.checkpoint)
+    return replace(request, offline=True, reencode=chosen if force else frozenset())
 
 
-def _crash_point():  # -> Checkpoint
-    import os
-    import signal
+class _StopOnSignal:
+    """SIGTERM/SIGINT ask the run to stop at its next checkpoint; none is honoured after the
+    switch has begun, so a signal never leaves a half-made switch or a switch after the signal."""
 
-    target = os.environ.get(CRASH_ENV)
+    def __init__(self) -> None:
+        self.requested = False
+        self.committed = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
 
-    def checkpoint(name: str) -> None:
-        if name == target:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.requested = True
 
-    return checkpoint
+    def checkpoint(self, crash_at: str | None) -> Callable[[str], None]:
+        def at(name: str) -> None:
+            if name == crash_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if name == "before_switch":
+                if self.requested:
+                    raise Interrupted(f"stopped by a signal before the switch ({name}); nothing was switched")
+                self.committed = True
+            elif self.requested and not self.committed:
+                raise Interrupted(f"stopped by a signal at {name}; nothing was switched")
+        return at
 
 
 def warnings(report: RunReport) -> list[str]:
+    from .model import Origin
+
     return [f"icon {s.spec.name!r} is stale: {s.reason}; using the last good copy in icons/"
             for s in report.sources if s.origin is Origin.STALE]
 
 
 def summary(report: RunReport, seconds: float) -> str:
+    from .model import Origin
+
     origins = {o: sum(1 for s in report.sources if s.origin is o) for o in Origin}
     encoded = sum(1 for e in report.encoded if not e.reused)
     result = report.publish
-    outcome = f"published {result.release}" if result.switched else f"nothing changed; {result.release or 'no release'} stays live"
     lines = [
-        f"pipeline: {outcome} in {seconds:.2f}s",
-        "  icons     " + ", ".join(f"{n} {o.value}" for o, n in origins.items() if n) or "  icons     none",
+        f"pipeline: {_outcome(report)} in {seconds:.2f}s",
+        "  icons     " + (", ".join(f"{n} {o.value}" for o, n in origins.items() if n) or "none"),
         f"  encode    {encoded} encoded, {len(report.encoded) - encoded} reused from cache",
         "  bytes     " + "; ".join(_format_bytes(report)),
         f"  pages     HTML {_delta(report.minified_before, report.minified_after)}; "
@@ -103,6 +177,24 @@ def summary(report: RunReport, seconds: float) -> str:
         "  time      " + "  ".join(f"{stage} {secs:.2f}s" for stage, secs in report.timings.items()),
     ]
     return "\n".join(lines)
+
+
+def summary_line(report: RunReport, seconds: float) -> str:
+    """One log line per run: outcome, what changed, timings."""
+    result = report.publish
+    stale = sum(1 for s in report.sources if s.origin.value == "stale")
+    encoded = sum(1 for e in report.encoded if not e.reused)
+    changed = ",".join(result.changed_pages) or "-"
+    stages = " ".join(f"{stage}={secs:.2f}" for stage, secs in report.timings.items())
+    return (f"{_outcome(report)}; changed={changed}; encoded={encoded} stale={stale}; "
+            f"written={result.files_written} files/{result.bytes_written}B; {seconds:.2f}s [{stages}]")
+
+
+def _outcome(report: RunReport) -> str:
+    result = report.publish
+    if result.switched:
+        return f"published {result.release}"
+    return f"nothing changed; {result.release or 'no release'} stays live"
 
 
 def _format_bytes(report: RunReport) -> list[str]:

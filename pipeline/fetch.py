@@ -4,8 +4,10 @@ Each source is asked for with a conditional GET (the stored ETag / Last-Modified
 hostile or broken server can do is bounded: per-phase timeouts plus one deadline for the whole
 stage, a byte cap while streaming, `Accept-Encoding: identity` (no decompression bombs), only
 http/https, every redirect hop checked by us (scheme, downgrade, private addresses), and the body
-sniffed to be an image. A source that fails yields the last good copy, marked STALE with the
-reason; only an icon that never had a good copy is an error.
+sniffed to be an image. At the deadline a watchdog shuts every connection of the stage: per-read
+timeouts alone let a server that drips its headers a byte at a time hold a request for hours. A
+source that fails yields the last good copy, marked STALE with the reason; only an icon that never
+had a good copy is an error.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import ipaddress
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -133,8 +137,16 @@ def fetch_sources(
                 return f"icon {spec.name!r}: {failure}; there is no earlier copy in icons/ to fall back on"
             return SourceIcon(spec, stored.data, Origin.STALE, str(failure), stored.etag, stored.last_modified)
 
-    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
-        results = list(pool.map(one, specs))
+    watchdog = threading.Timer(settings.deadline, fetcher.cut_off) if fetcher else None  # wall-clock seconds
+    if watchdog:
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
+            results = list(pool.map(one, specs))
+    finally:
+        if watchdog:
+            watchdog.cancel()
     problems = tuple(r for r in results if isinstance(r, str))
     if problems:
         raise SourceError(f"{len(problems)} icon(s) have no usable source; fix the URL or put a copy in icons/", problems)
@@ -145,6 +157,27 @@ class _Fetcher:
     def __init__(self, client: httpx.Client, settings: FetchSettings, resolve: Resolver,
                  clock: Callable[[], float], deadline: float) -> None:
         self.client, self.settings, self.resolve, self.clock, self.deadline = client, settings, resolve, clock, deadline
+        self.expired = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+
+    def cut_off(self) -> None:
+        """At the deadline: shut every connection of the stage, so a read blocked in httpx returns now."""
+        with self.lock:
+            self.expired.set()
+            sockets = list(self.sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx trace hook: note the socket of each connection (and of its TLS layer) as it opens."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            sock = info["return_value"].get_extra_info("socket")
+            with self.lock:
+                self.sockets.append(sock)
+                late = self.expired.is_set()
+            if late:
+                _shut(sock)
 
     def fetch(self, spec: IconSpec, stored: Stored | None) -> SourceIcon:
         validators = stored if stored and stored.url == spec.url else None
@@ -160,22 +193,27 @@ class _Fetcher:
         return SourceIcon(spec, body, Origin.DOWNLOADED, etag=etag, last_modified=modified)
 
     def _get(self, url: str, validators: Stored | None) -> tuple[str, int, httpx.Headers, bytes]:
-        headers = {"Accept": "image/png,image/*;q=0.8", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
+        # Connection: close, so no request reuses a pooled connection whose socket _trace never saw.
+        headers = {"Accept": "image/png,image/*;q=0.8", "Accept-Encoding": "identity", "User-Agent": USER_AGENT,
+                   "Connection": "close"}
         if validators and validators.etag:
             headers["If-None-Match"] = validators.etag
         if validators and validators.last_modified:
             headers["If-Modified-Since"] = validators.last_modified
         for _hop in range(self.settings.max_redirects + 1):
             self._check_target(url)
-            request = self.client.build_request("GET", url, headers=headers, timeout=self._timeout(url))
-            timeout = request.extensions["timeout"]["read"]
+            timeout = self._timeout(url)
+            request = self.client.build_request("GET", url, headers=headers, timeout=timeout,
+                                                extensions={"trace": self._trace})
             try:
                 response = self.client.send(request, stream=True, follow_redirects=False)
-            except httpx.ConnectTimeout:
-                raise FetchFailed(f"timed out connecting to {url}") from None
-            except httpx.TimeoutException:
-                raise FetchFailed(f"no response from {url} within {timeout:g}s") from None
             except httpx.HTTPError as error:
+                if self.expired.is_set():
+                    raise FetchFailed(f"{url} had not answered at the {self.settings.deadline:g}s fetch deadline") from None
+                if isinstance(error, httpx.ConnectTimeout):
+                    raise FetchFailed(f"timed out connecting to {url}") from None
+                if isinstance(error, httpx.TimeoutException):
+                    raise FetchFailed(f"no response from {url} within {timeout.read:g}s") from None
                 raise FetchFailed(f"cannot connect to {url} ({type(error).__name__}: {error})") from None
             try:  # httpx.Response is not a context manager; close() drops an unread body's connection
                 if response.has_redirect_location:
@@ -238,14 +276,21 @@ class _Fetcher:
                 if len(body) > cap:
                     raise FetchFailed(f"{url} sent more than {cap:,} bytes (fetch.max_bytes); aborted")
                 if self.clock() > self.deadline:
-                    raise FetchFailed(f"{url} was still sending at the {self.settings.deadline:g}s fetch deadline")
-        except httpx.TimeoutException:
-            raise FetchFailed(f"{url} stopped sending (read timeout)") from None
+                    raise self._still_sending(url)
         except httpx.HTTPError as error:
+            if self.expired.is_set():
+                raise self._still_sending(url) from None
+            if isinstance(error, httpx.TimeoutException):
+                raise FetchFailed(f"{url} stopped sending (read timeout)") from None
             raise FetchFailed(f"{url} sent an incomplete body ({error})") from None
+        if self.expired.is_set():  # the watchdog's shutdown reads as the end of a body delimited by close
+            raise self._still_sending(url)
         if sniff(bytes(body)) is None:
             raise FetchFailed(f"{url} sent {len(body):,} bytes that are not a PNG, JPEG, GIF, WebP or AVIF image")
         return bytes(body)
+
+    def _still_sending(self, url: str) -> FetchFailed:
+        return FetchFailed(f"{url} was still sending at the {self.settings.deadline:g}s fetch deadline")
 
 
 def sniff(data: bytes) -> str | None:
@@ -257,6 +302,13 @@ def sniff(data: bytes) -> str | None:
     if data[4:12] in (b"ftypavif", b"ftypavis"):
         return "avif"
     return None
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already, or a TCP socket detached into its TLS wrapper (shut through that one)
 
 
 def _resolve(host: str, port: int) -> list[str]:

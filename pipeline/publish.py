@@ -56,7 +56,9 @@ def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now:
             checkpoint: Checkpoint = lambda name: None) -> PublishResult:
     """Make `files` (release-relative path -> bytes) the live site, unless it already is."""
     releases = dist / "releases"
-    releases.mkdir(parents=True, exist_ok=True)
+    for directory in (dist, releases):  # served by an unprivileged nginx whatever our umask
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o755)
     remove_staging(dist)
     records = load_records(releases)
     live = live_release(dist)
@@ -83,6 +85,7 @@ def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now:
     os.rename(staging, releases / name)
     _fsync_dir(releases)
     checkpoint("after_stage_rename")
+    checkpoint("before_switch")
     switch(dist, f"releases/{name}")
     checkpoint("after_switch")
     changed = changed_pages(live_record.built if live_record else {}, built)

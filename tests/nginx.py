@@ -64,7 +64,7 @@ def nginx_binary() -> str | None:
 def nginx_available() -> tuple[bool, str]:
     """(usable, reason). Usable means the binary and the mime.types it needs are present."""
     if nginx_binary() is None:
-        return False, "nginx is not installed (apt-get install nginx-light, or nginx)"
+        return False, "nginx is not installed (apt-get install nginx)"
     if not MIME_TYPES.is_file():
         return False, f"{MIME_TYPES} is missing (it comes with nginx-common)"
     return True, ""

@@ -130,10 +130,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return True
         return False
 
-    def _drip(self, data: bytes) -> None:
-        """Send data one byte every DRIP_INTERVAL until the client leaves or the server stops."""
+    def _drip(self, data: bytes, start: int = 0) -> None:
+        """Send data (from `start`, cycling) one byte every DRIP_INTERVAL until the client leaves or the server stops."""
         self.close_connection = True
-        for i in range(int(HOLD_LIMIT / DRIP_INTERVAL)):
+        for i in range(start, start + int(HOLD_LIMIT / DRIP_INTERVAL)):
             if self.server.stop_event.wait(DRIP_INTERVAL):
                 return
             try:
@@ -181,9 +181,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.left("/slow-headers").set()
 
     def drip(self) -> None:
-        """A slowloris body: 1 byte every DRIP_INTERVAL, never a read timeout, never an end."""
+        """A slowloris body: the PNG signature, then 1 byte every DRIP_INTERVAL, never a read timeout, never an end.
+
+        The body ends when the connection does, so a client that took its own cut-off for the end
+        would be left holding a truncated PNG that still sniffs as one.
+        """
         self._start_close_delimited({"Content-Type": "image/png"})
-        self._drip(self.server.png)
+        self.wfile.write(self.server.png[:8])
+        self._drip(self.server.png, start=8)
 
     def drip_headers(self) -> None:
         """A slowloris status line and headers: the body never even starts."""

@@ -1,0 +1,275 @@
+"""deploy/nginx.conf, served by the real nginx over the site the pipeline builds.
+
+Every request goes to 127.0.0.1 with a 5 s timeout, through http.client: no automatic
+decompression, no redirects followed, so what nginx sent is what the test sees.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .conftest import REPO, run_cli
+from .nginx import SHIPPED_CONF, check_config, nginx_server, require_nginx  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.nginx
+
+TIMEOUT = 5.0
+IMMUTABLE = "public, max-age=31536000, immutable"
+ASSET_TYPES = {".avif": "image/avif", ".webp": "image/webp", ".png": "image/png", ".css": "text/css"}
+PAGE_TYPES = {"/index.html": "text/html", "/404.html": "text/html", "/codes.json": "application/json",
+              "/sitemap.xml": "text/xml", "/robots.txt": "text/plain", "/manifest.json": "application/json"}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def media_type(self) -> str:
+        return (self.header("content-type") or "").split(";")[0].strip()
+
+
+def get(base: str, path: str, **headers: str) -> Reply:
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+        response = conn.getresponse()
+        body = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        conn.close()
+
+
+class _Urls(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if not value:
+                continue
+            if key == "srcset":
+                self.urls += [part.strip().split()[0] for part in value.split(",") if part.strip()]
+            elif key in ("src", "href"):
+                self.urls.append(value.strip())
+
+
+def asset_urls(html: bytes) -> set[str]:
+    parser = _Urls()
+    parser.feed(html.decode("utf-8"))
+    return {urlsplit(u).path for u in parser.urls if urlsplit(u).path.startswith("/assets/") and not urlsplit(u).netloc}
+
+
+def build(site: Path) -> None:
+    result = run_cli(site, "build", "--offline")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def served(site: Path, nginx_server) -> tuple[str, Path]:  # noqa: F811
+    """(base URL, the live release dir) for a fresh copy of the default site, built and served."""
+    build(site)
+    return nginx_server(site), (site / "dist" / "current").resolve()
+
+
+# ---- the shipped file ----------------------------------------------------------------------------
+
+
+def test_shipped_config_is_valid_as_is(tmp_path: Path) -> None:
+    require_nginx()
+    result = check_config(tmp_path, SHIPPED_CONF.read_text(encoding="utf-8"))
+    assert result.returncode == 0, result.stderr
+    code = re.sub(r"#.*", "", SHIPPED_CONF.read_text(encoding="utf-8"))
+    assert "open_file_cache" not in code, "open_file_cache can serve the old release after a swap"
+    for match in re.finditer(r"\btypes\s*\{", code):  # server level would replace all of mime.types
+        depth = code[:match.start()].count("{") - code[:match.start()].count("}")
+        assert depth >= 2, "a `types {}` block outside a location replaces every inherited MIME type"
+
+
+# ---- pages and assets ----------------------------------------------------------------------------
+
+
+def test_home_page_is_html_and_revalidated(served: tuple[str, Path]) -> None:
+    base, live = served
+    reply = get(base, "/")
+    assert reply.status == 200
+    assert reply.media_type == "text/html"
+    assert reply.header("cache-control") == "no-cache"
+    assert reply.header("content-encoding") is None
+    assert reply.body == (live / "index.html").read_bytes()
+    etag = reply.header("etag")
+    assert etag
+    again = get(base, "/", If_None_Match=etag)
+    assert again.status == 304 and again.body == b""
+    assert again.header("cache-control") == "no-cache"
+
+
+def test_every_page_has_its_type_and_is_revalidated(served: tuple[str, Path]) -> None:
+    base, live = served
+    for path, media_type in PAGE_TYPES.items():
+        reply = get(base, path)
+        assert (path, reply.status, reply.media_type) == (path, 200, media_type)
+        assert reply.header("cache-control") == "no-cache", path
+        assert reply.body == (live / path.lstrip("/")).read_bytes(), path
+
+
+def test_every_asset_the_page_names_is_served_immutable(served: tuple[str, Path]) -> None:
+    base, live = served
+    urls = asset_urls(get(base, "/").body)
+    assert {Path(u).suffix for u in urls} == set(ASSET_TYPES), urls  # avif, webp, png and css all present
+    for url in sorted(urls):
+        reply = get(base, url)
+        assert (url, reply.status) == (url, 200)
+        assert reply.media_type == ASSET_TYPES[Path(url).suffix], url
+        assert reply.header("cache-control") == IMMUTABLE, url
+        assert reply.header("etag"), url
+        assert reply.body == (live / url.lstrip("/")).read_bytes(), url
+
+
+def test_gzip_static_serves_the_precompressed_files(served: tuple[str, Path]) -> None:
+    base, live = served
+    css = next(u for u in asset_urls((live / "index.html").read_bytes()) if u.endswith(".css"))
+    for path, file in (("/", "index.html"), ("/codes.json", "codes.json"), (css, css.lstrip("/"))):
+        reply = get(base, path, Accept_Encoding="gzip")
+        assert reply.status == 200, path
+        assert reply.header("content-encoding") == "gzip", path
+        assert reply.header("vary") == "Accept-Encoding", path
+        assert reply.body == (live / f"{file}.gz").read_bytes(), path  # the build's file, byte for byte
+        assert gzip.decompress(reply.body) == (live / file).read_bytes(), path
+    assert get(base, css, Accept_Encoding="gzip").header("cache-control") == IMMUTABLE
+    # No .gz next to robots.txt (too small to gain) and no on-the-fly gzip: sent as is.
+    assert not (live / "robots.txt.gz").exists()
+    plain = get(base, "/robots.txt", Accept_Encoding="gzip")
+    assert plain.status == 200 and plain.header("content-encoding") is None
+    assert plain.body == (live / "robots.txt").read_bytes()
+
+
+# ---- what must not be served ----------------------------------------------------------------------
+
+
+def test_missing_paths_get_the_404_page_uncached(served: tuple[str, Path]) -> None:
+    base, live = served
+    not_found = (live / "404.html").read_bytes()
+    for path in ("/no-such-page", "/no/such/dir/", "/assets/style.0000000000.css", "/assets/icons/nope.webp"):
+        reply = get(base, path)
+        assert (path, reply.status) == (path, 404)
+        assert reply.body == not_found, path
+        assert reply.header("cache-control") == "no-cache", path  # never the year-long asset header
+
+
+def test_directories_are_not_listed(served: tuple[str, Path]) -> None:
+    base, _ = served
+    for path in ("/assets/", "/assets/icons/"):
+        reply = get(base, path)
+        assert reply.status in (403, 404), (path, reply.status)
+        assert b"Index of" not in reply.body and b".webp" not in reply.body, path
+        assert reply.header("cache-control") != IMMUTABLE, path
+
+
+def test_dotfiles_are_refused(served: tuple[str, Path]) -> None:
+    base, live = served
+    secret = b"SECRET=do-not-serve\n"
+    (live / ".env").write_bytes(secret)
+    (live / "assets" / ".hidden.css").write_bytes(secret)
+    (live / "assets" / ".hidden.avif").write_bytes(secret)
+    (live / ".git").mkdir()
+    (live / ".git" / "config").write_bytes(secret)
+    for path in ("/.env", "/%2eenv", "/assets/.hidden.css", "/assets/.hidden.avif", "/.git/config", "/.git/"):
+        reply = get(base, path)
+        assert reply.status in (403, 404), (path, reply.status)
+        assert secret not in reply.body, path
+
+
+def test_symlinks_inside_a_release_are_refused(served: tuple[str, Path]) -> None:
+    base, live = served
+    (live / "passwd.txt").symlink_to("/etc/passwd")
+    (live / "assets" / "leak.css").symlink_to("/etc/passwd")
+    (live / "etc").symlink_to("/etc")
+    (live / "alias.html").symlink_to("index.html")  # even one that stays inside the release
+    for path in ("/passwd.txt", "/assets/leak.css", "/etc/passwd", "/alias.html"):
+        reply = get(base, path)
+        assert reply.status in (403, 404), (path, reply.status)
+        assert b"root:" not in reply.body, path
+    assert get(base, "/").status == 200  # while the `current` symlink in the root path still works
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root do the workers run as another user (nobody)")
+def test_workers_are_unprivileged(served: tuple[str, Path]) -> None:
+    """The master is root here, the workers are not: a file only root may read is refused. So the
+    200s above prove the permissions publish writes are enough for an ordinary worker user."""
+    base, live = served
+    private = live / "private.txt"
+    private.write_bytes(b"root only\n")
+    private.chmod(0o600)
+    assert get(base, "/private.txt").status == 403
+
+
+def test_site_built_under_a_strict_umask_is_still_served(site: Path, nginx_server) -> None:  # noqa: F811
+    result = subprocess.run([sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site)],
+                            capture_output=True, text=True, timeout=120, cwd=REPO, umask=0o077)
+    assert result.returncode == 0, result.stderr
+    base = nginx_server(site)
+    assert get(base, "/").status == 200
+
+
+# ---- the swap ------------------------------------------------------------------------------------------
+
+
+def test_a_new_release_is_served_at_once_and_old_assets_still_answer(site: Path, served: tuple[str, Path]) -> None:
+    base, first = served
+    old = get(base, "/")
+    old_gz = get(base, "/", Accept_Encoding="gzip")
+    old_assets = {url: get(base, url).body for url in asset_urls(old.body)}
+
+    # A page change (codes.yaml) and an asset change: the page names every icon whatever the codes
+    # (legend + ICON_MAP), so only a new stylesheet hash leaves an old asset URL unnamed.
+    codes = site / "codes.yaml"
+    text = codes.read_text(encoding="utf-8")
+    edited = re.sub(r"  - code: HAMSTERPASS\n(?:    .*\n)+", "", text)
+    edited = edited.replace("Winter patch livestream code", "Winter patch livestream code, now with more Polychrome")
+    assert edited != text and "HAMSTERPASS" not in edited and "now with more" in edited
+    codes.write_text(edited, encoding="utf-8")
+    with (site / "templates" / "style.css").open("a", encoding="utf-8") as css:
+        css.write("\n.code-text { letter-spacing: 0.05em; }\n")
+    build(site)
+
+    second = (site / "dist" / "current").resolve()
+    assert second != first, "the edit did not publish a new release"
+    new = get(base, "/")  # the same nginx, not restarted or reloaded
+    assert new.status == 200
+    assert new.body == (second / "index.html").read_bytes() != old.body
+    assert b"now with more Polychrome" in new.body and b"HAMSTERPASS" not in new.body
+    new_gz = get(base, "/", Accept_Encoding="gzip")
+    assert new_gz.body == (second / "index.html.gz").read_bytes() != old_gz.body
+    assert gzip.decompress(new_gz.body) == new.body
+    revalidate = get(base, "/", If_None_Match=old.header("etag") or "")
+    assert revalidate.status == 200 and revalidate.body == new.body  # the old ETag no longer matches
+
+    new_assets = asset_urls(new.body)
+    dropped = set(old_assets) - new_assets
+    assert any(url.endswith(".css") for url in dropped), dropped  # so the loop below is not vacuous
+    for url, body in sorted(old_assets.items()):  # a page fetched just before the swap still renders
+        reply = get(base, url)
+        assert (url, reply.status) == (url, 200)
+        assert reply.body == body and reply.header("cache-control") == IMMUTABLE, url
+    for url in sorted(new_assets):
+        reply = get(base, url)
+        assert (url, reply.status, reply.header("cache-control")) == (url, 200, IMMUTABLE)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import httpx
 
-from . import config, encode, fetch, fingerprint, minify, publish, render
+from . import config, encode, fetch, fingerprint, indexnow, minify, publish, render
 from .lock import exclusive
 from .cache import EncodeCache, cache_key
 from .errors import ConfigError, ImageError
@@ -84,9 +84,28 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     request.checkpoint("after_render")
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
-        result = publish.publish(site.dist_dir, files, site.publish, request.now, request.checkpoint)
+        required = ("index.html",)
+        if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
+            files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()
+            required += (f"{site.indexnow.key}.txt",)
+        result = publish.publish(site.dist_dir, files, site.publish, request.now, request.checkpoint, required)
+    pinged = None
+    if site.indexnow.key and client is not None:
+        with timings("indexnow"):
+            pinged = indexnow.ping(site.cache_dir / "indexnow.json", _changed_urls(site, result.changed_pages, files),
+                                   site.base_url, site.indexnow, client, request.now)
     return RunReport(tuple(sources), tuple(encoded), minified.bytes_before, minified.bytes_after,
-                     css_before, sum(len(a.data) for a in css_assets), result, dict(timings.seconds))
+                     css_before, sum(len(a.data) for a in css_assets), result, dict(timings.seconds), pinged)
+
+
+def _changed_urls(site: SiteConfig, changed: tuple[str, ...], files: dict[str, bytes]) -> dict[str, str]:
+    """Public URL -> hash of the visible content, for the pages a reader would see changed."""
+    urls = {}
+    for path in changed:
+        if path.endswith(".html") and path != "404.html" and path in files:
+            url = site.base_url + "/" + ("" if path == "index.html" else path)
+            urls[url] = hashlib.sha256(publish.visible(files[path])).hexdigest()
+    return urls
 
 
 def _load_content(site: SiteConfig) -> Content:

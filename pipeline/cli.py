@@ -155,8 +155,9 @@ class _StopOnSignal:
 def warnings(report: RunReport) -> list[str]:
     from .model import Origin
 
-    return [f"icon {s.spec.name!r} is stale: {s.reason}; using the last good copy in icons/"
-            for s in report.sources if s.origin is Origin.STALE]
+    stale = [f"icon {s.spec.name!r} is stale: {s.reason}; using the last good copy in icons/"
+             for s in report.sources if s.origin is Origin.STALE]
+    return stale + ([report.indexnow.problem] if report.indexnow and report.indexnow.problem else [])
 
 
 def summary(report: RunReport, seconds: float) -> str:
@@ -176,6 +177,8 @@ def summary(report: RunReport, seconds: float) -> str:
         + (f"; changed: {', '.join(result.changed_pages)}" if result.changed_pages else ""),
         "  time      " + "  ".join(f"{stage} {secs:.2f}s" for stage, secs in report.timings.items()),
     ]
+    if report.indexnow:
+        lines.insert(-1, f"  indexnow  {len(report.indexnow.sent)} URL(s) sent, {report.indexnow.pending} queued")
     return "\n".join(lines)
 
 
@@ -186,14 +189,15 @@ def summary_line(report: RunReport, seconds: float) -> str:
     encoded = sum(1 for e in report.encoded if not e.reused)
     changed = ",".join(result.changed_pages) or "-"
     stages = " ".join(f"{stage}={secs:.2f}" for stage, secs in report.timings.items())
-    return (f"{_outcome(report)}; changed={changed}; encoded={encoded} stale={stale}; "
+    pinged = f" indexnow={len(report.indexnow.sent)}/{report.indexnow.pending}q;" if report.indexnow else ""
+    return (f"{_outcome(report)}; changed={changed}; encoded={encoded} stale={stale};{pinged} "
             f"written={result.files_written} files/{result.bytes_written}B; {seconds:.2f}s [{stages}]")
 
 
 def _outcome(report: RunReport) -> str:
     result = report.publish
     if result.switched:
-        return f"published {result.release}"
+        return f"published {result.release}" + ("" if result.changed_pages else " (assets only: no page content changed)")
     return f"nothing changed; {result.release or 'no release'} stays live"
 
 

@@ -24,11 +24,13 @@ from .model import (
     EncodeSettings,
     FetchSettings,
     IconSpec,
+    IndexNowSettings,
     PublishSettings,
     Reward,
     SiteConfig,
 )
 
+INDEXNOW_KEY = re.compile(r"^[A-Za-z0-9-]{8,128}$")
 MAX_URL_LENGTH = 2048
 MAX_NAME_LENGTH = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -49,6 +51,11 @@ def load_site(root: Path) -> SiteConfig:
     fetch = _section(settings, "fetch", FetchSettings, problems)
     publish = _section(settings, "publish", PublishSettings, problems)
     defaults = _section(settings, "encode", EncodeSettings, problems)
+    indexnow = _section(settings, "indexnow", IndexNowSettings, problems)
+    if indexnow.key and not INDEXNOW_KEY.match(indexnow.key):
+        problems.append(f"site.toml: [indexnow] key must be 8-128 characters of A-Z, a-z, 0-9 and '-', got {indexnow.key[:20]!r}")
+    if indexnow.key and (problem := url_problem(indexnow.endpoint)):
+        problems.append(f"site.toml: [indexnow] endpoint {problem}")
     jobs = site.get("jobs", 0)
     if not isinstance(jobs, int) or jobs < 0:
         problems.append(f"site.toml: [site] jobs must be a whole number >= 0, got {jobs!r}")
@@ -59,7 +66,7 @@ def load_site(root: Path) -> SiteConfig:
         icons = ()
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the site configuration; nothing was built", tuple(problems))
-    return SiteConfig(root, title, base_url, content_path, icons, fetch, publish, jobs)
+    return SiteConfig(root, title, base_url, content_path, icons, fetch, publish, indexnow, jobs)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

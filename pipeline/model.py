@@ -60,6 +60,13 @@ class PublishSettings:
 
 
 @dataclass(frozen=True)
+class IndexNowSettings:
+    key: str = ""  # empty: IndexNow is off; else 8-128 of [A-Za-z0-9-], served as /{key}.txt
+    endpoint: str = "https://api.indexnow.org/indexnow"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     root: Path
     title: str
@@ -68,6 +75,7 @@ class SiteConfig:
     icons: tuple[IconSpec, ...]
     fetch: FetchSettings = FetchSettings()
     publish: PublishSettings = PublishSettings()
+    indexnow: IndexNowSettings = IndexNowSettings()
     jobs: int = 0  # encode worker processes; 0 = one per core
 
     @property
@@ -249,10 +257,17 @@ class Minified:
 class PublishResult:
     switched: bool
     release: str  # name of the live release after the run
-    changed_pages: tuple[str, ...]  # release-relative paths whose bytes differ from the previous live
+    changed_pages: tuple[str, ...]  # pages whose visible content differs from the previous live release
     files_written: int
     bytes_written: int
     removed_releases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PingResult:
+    sent: tuple[str, ...] = ()
+    pending: int = 0  # URLs still in the outbox after this run
+    problem: str = ""  # why not everything went, for a warning
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -275,3 +290,4 @@ class RunReport:
     css_after: int
     publish: PublishResult
     timings: dict[str, float] = field(default_factory=dict)
+    indexnow: PingResult | None = None  # None: not configured, or offline

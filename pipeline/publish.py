@@ -35,6 +35,7 @@ from .model import PublishResult, PublishSettings
 RELEASE = re.compile(r"^r(\d{6,})$")
 COMPRESSIBLE = (".html", ".css", ".js", ".json", ".xml", ".txt", ".svg")
 PAGE_TYPES = (".html", ".json", ".xml", ".txt")  # what a reader or a crawler sees as content
+NOT_CONTENT = {"manifest.json"}
 Checkpoint = Callable[[str], None]  # named points in a run; the test-only crash points hook in here
 
 
@@ -53,8 +54,9 @@ class Record:
 
 
 def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now: float,
-            checkpoint: Checkpoint = lambda name: None) -> PublishResult:
-    """Make `files` (release-relative path -> bytes) the live site, unless it already is."""
+            checkpoint: Checkpoint = lambda name: None, required: tuple[str, ...] = ("index.html",)) -> PublishResult:
+    """Make `files` (release-relative path -> bytes) the live site, unless it already is.
+    `required`: paths the release must hold (the gate refuses it otherwise)."""
     releases = dist / "releases"
     for directory in (dist, releases):  # served by an unprivileged nginx whatever our umask
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,7 @@ def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now:
     live_dir = releases / live if live else None
     try:
         written, byte_count = _write_release(staging, files, built, live_dir, live_record, retained, checkpoint)
-        check_release(staging)
+        check_release(staging, required)
         _fsync_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave half a release behind
@@ -88,7 +90,7 @@ def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now:
     checkpoint("before_switch")
     switch(dist, f"releases/{name}")
     checkpoint("after_switch")
-    changed = changed_pages(live_record.built if live_record else {}, built)
+    changed = changed_pages(live_dir, live_record.built if live_record else {}, files)
     removed = collect_garbage(dist, [*records, record], settings, now)
     return PublishResult(True, name, changed, written, byte_count, removed)
 
@@ -181,11 +183,29 @@ def live_release(dist: Path) -> str | None:
         return None
 
 
-def changed_pages(before: dict[str, str], after: dict[str, str]) -> tuple[str, ...]:
-    """Pages (not assets) that are new, gone or different. A page that differs only because an
-    asset's hash changed still counts here; the refresh refines this with visible-content checks."""
-    paths = {p for p in {*before, *after} if p.endswith(PAGE_TYPES) and not p.startswith("assets/")}
-    return tuple(sorted(p for p in paths if before.get(p) != after.get(p)))
+def changed_pages(live_dir: Path | None, before: dict[str, str], files: dict[str, bytes]) -> tuple[str, ...]:
+    """Pages whose visible content is new, gone or different. A page that differs only in
+    asset hashes (an icon re-encoded, the CSS changed) or its build id is not a content change:
+    search engines need not hear about it."""
+    paths = {p for p in {*before, *files} if p.endswith(PAGE_TYPES) and p not in NOT_CONTENT and not p.startswith("assets/")}
+    changed = []
+    for path in sorted(paths):
+        if path not in files or path not in before:
+            changed.append(path)
+        elif before[path] != hashlib.sha256(files[path]).hexdigest():
+            old = (live_dir / path).read_bytes() if live_dir and (live_dir / path).is_file() else b""
+            if visible(old) != visible(files[path]):
+                changed.append(path)
+    return tuple(changed)
+
+
+_HASHED_NAME = re.compile(rb"(/assets/[^\"'\s<>()]*?)\.[0-9a-f]{10}(\.[A-Za-z0-9]+)")
+_VOLATILE = re.compile(rb'(<meta name="build" content=|integrity=)"[^"]*"')
+
+
+def visible(page: bytes) -> bytes:
+    """The page with asset hashes, SRI and the build id blanked out."""
+    return _VOLATILE.sub(rb'\1""', _HASHED_NAME.sub(rb"\1\2", page))
 
 
 # ---- records, retention, garbage -----------------------------------------------------------------
@@ -270,8 +290,8 @@ def local_references(html: str) -> list[str]:
     return paths
 
 
-def check_release(root: Path) -> None:
-    """Refuse a release with a dangling local URL, a non-regular file or no index.html."""
+def check_release(root: Path, required: tuple[str, ...] = ("index.html",)) -> None:
+    """Refuse a release with a dangling local URL, a non-regular file or a required file missing."""
     problems = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
@@ -282,8 +302,7 @@ def check_release(root: Path) -> None:
                 target = (root / ref).resolve()
                 if root.resolve() not in target.parents or not target.is_file():
                     problems.append(f"{relative} names /{ref}, which is not in the release")
-    if not (root / "index.html").is_file():
-        problems.append("index.html is missing")
+    problems += [f"{path} is missing" for path in required if not (root / path).is_file()]
     if problems:
         raise PublishError("the new release failed its check; the live site is unchanged", tuple(problems))
 

@@ -55,3 +55,31 @@ def run_cli(site: Path, *args: str, env: dict[str, str] | None = None, timeout: 
         capture_output=True, text=True, timeout=timeout, cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+
+
+# ---- figures in the terminal summary ----------------------------------------------------------
+# A test records a figure with the `record_figure(label, value)` fixture; it is stored in the test
+# report's user_properties (so it also reaches JUnit XML and survives pytest-xdist) and printed at
+# the end of the run, also under -q.
+
+FIGURE_PREFIX = "figure: "
+
+
+@pytest.fixture
+def record_figure(request: pytest.FixtureRequest):
+    def record(label: str, value: object) -> None:
+        request.node.user_properties.append((FIGURE_PREFIX + label, value))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    figures: dict[tuple[str, str], object] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if isinstance(name, str) and name.startswith(FIGURE_PREFIX):
+                    figures[(report.nodeid, name[len(FIGURE_PREFIX):])] = value
+    if figures:
+        terminalreporter.write_sep("-", "recorded figures")
+        for (nodeid, label), value in figures.items():
+            terminalreporter.write_line(f"{label}: {value}  [{nodeid.split('::')[-1]}]")

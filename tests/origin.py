@@ -1,7 +1,7 @@
 """A scripted origin server for the fetch tests: one path per way a source can behave or misbehave.
 
-`serve()` runs a ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread and records every
-request (path and headers) so a test can assert what the client sent. Every sleep and loop in a
+`serve()` runs a ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread, over TLS if given
+an SSLContext, and records every request (path and headers) so a test can assert what the client sent. Every sleep and loop in a
 handler is bounded and also ends on the stop event, and stop() shuts the client sockets down, so the
 server stops within a second or two even while /drip or /endless are mid-response.
 """
@@ -14,12 +14,15 @@ import hashlib
 import io
 import select
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -30,6 +33,18 @@ SLOW_HEADERS = 5.0  # /slow-headers waits this long (or until the client leaves)
 HOLD_LIMIT = 20.0  # no handler keeps a connection longer than this, whatever the client does
 ENDLESS_CHUNK = 16 * 1024
 STOP_TIMEOUT = 5.0  # stop() fails loudly if a handler thread outlives this
+
+
+def self_signed(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 made with the openssl CLI: (server context, client context trusting it)."""
+    cert, key = directory / "origin.crt", directory / "origin.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=30)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client
 
 
 def make_png(seed: int = 0, size: int = 16) -> bytes:
@@ -54,23 +69,38 @@ class Seen:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, png: bytes) -> None:
+    def __init__(self, png: bytes, tls: ssl.SSLContext | None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.png = png
+        self.tls = tls
         self.etag = f'"ok-{hashlib.sha256(png).hexdigest()[:16]}"'
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.seen: list[Seen] = []
         self.rotations = 0
         self.client_left: dict[str, threading.Event] = {}
-        self.handlers: list[tuple[threading.Thread, socket.socket]] = []
+        self.handlers: list[threading.Thread] = []
+        self.connections: list[socket.socket] = []
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         """As ThreadingMixIn does, but keep each thread and socket so stop() can end and join them."""
         thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
         with self.lock:
-            self.handlers.append((thread, request))
+            self.handlers.append(thread)
+            self.connections.append(request)
         thread.start()
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        """The TLS handshake happens here, in the handler thread, bounded by the handler's socket timeout."""
+        if self.tls is not None:
+            request.settimeout(_Handler.timeout)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except OSError:
+                return  # the client gave up on (or failed) the handshake
+            with self.lock:
+                self.connections.append(request)  # the plain socket is detached now; stop() shuts this one
+        super().finish_request(request, client_address)
 
     def left(self, path: str) -> threading.Event:
         with self.lock:
@@ -250,6 +280,10 @@ class _Handler(BaseHTTPRequestHandler):
     def redirect_ok(self) -> None:
         self._send(302, headers={"Location": "/ok.png"})
 
+    def downgrade(self) -> None:
+        """An absolute redirect to plain http on the same host and port (meant for the TLS server)."""
+        self._send(302, headers={"Location": f"http://{self.headers['Host']}/ok.png"})
+
     def gzipped(self) -> None:
         """Content-Encoding gzip although the client asked for identity."""
         self._send(200, gzip.compress(self.server.png), {"Content-Type": "image/png", "Content-Encoding": "gzip"})
@@ -271,6 +305,7 @@ ROUTES = {
     "/loop": _Handler.loop,
     "/to-file": _Handler.to_file,
     "/redirect-ok": _Handler.redirect_ok,
+    "/downgrade": _Handler.downgrade,
     "/gzip.png": _Handler.gzipped,
 }
 
@@ -286,7 +321,7 @@ class ScriptedOrigin:
 
     def url(self, path: str) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{path}"
+        return f"{'https' if self._server.tls else 'http'}://{host}:{port}{path}"
 
     def requests(self, path: str | None = None) -> list[Seen]:
         """Every request so far, in arrival order; only those for `path` if given."""
@@ -302,9 +337,9 @@ class ScriptedOrigin:
 
 
 @contextmanager
-def serve(png: bytes | None = None) -> Iterator[ScriptedOrigin]:
+def serve(png: bytes | None = None, tls: ssl.SSLContext | None = None) -> Iterator[ScriptedOrigin]:
     """Run the origin for the duration of the block; stop it and join every thread (bounded) after."""
-    server = _Server(png if png is not None else make_png())
+    server = _Server(png if png is not None else make_png(), tls)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -318,16 +353,16 @@ def _stop(server: _Server, thread: threading.Thread) -> None:
     server.shutdown()
     server.server_close()
     with server.lock:
-        handlers = list(server.handlers)
-    for _, connection in handlers:
+        handlers, connections = list(server.handlers), list(server.connections)
+    for connection in connections:
         try:
             connection.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked in recv or send
         except OSError:
-            pass  # already closed by its handler
+            pass  # already closed by its handler, or detached into its TLS wrapper
     end = time.monotonic() + STOP_TIMEOUT
     thread.join(max(0.0, end - time.monotonic()))
-    for handler, _ in handlers:
+    for handler in handlers:
         handler.join(max(0.0, end - time.monotonic()))
-    alive = [h.name for h, _ in handlers if h.is_alive()] + ([thread.name] if thread.is_alive() else [])
+    alive = [h.name for h in handlers if h.is_alive()] + ([thread.name] if thread.is_alive() else [])
     if alive:
         raise RuntimeError(f"origin server threads still running {STOP_TIMEOUT:g}s after stop: {alive}")

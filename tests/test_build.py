@@ -108,7 +108,12 @@ def test_second_build_changes_nothing_and_one_new_icon_encodes_alone(site: Path)
     changed = run_cli(site, "build", "--offline")
     assert changed.returncode == 0, changed.stderr
     assert "1 encoded, 10 reused from cache" in changed.stdout
-    assert "published r000002" in changed.stdout and "index.html" in changed.stdout
+    assert "published r000002 (assets only: no page content changed)" in changed.stdout
+    # A content change is a page change.
+    (site / "codes.yaml").write_text((site / "codes.yaml").read_text().replace("HDDTAPES", "HDDTAPES2"))
+    content = run_cli(site, "build", "--offline")
+    assert "published r000003 in" in content.stdout
+    assert "changed: codes.json, index.html" in content.stdout
 
 
 def test_failed_build_leaves_dist_byte_identical(site: Path) -> None:

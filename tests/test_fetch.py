@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import pytest
 
 from pipeline.errors import SourceError
-from pipeline.fetch import IconStore, fetch_sources, make_client
+from pipeline.fetch import IconStore, Stored, fetch_sources, make_client
 from pipeline.model import EncodeSettings, FetchSettings, IconSpec, Origin, SourceIcon
-from tests.origin import ScriptedOrigin, make_png, serve
+from tests.origin import ScriptedOrigin, make_png, self_signed, serve
 
 TIMEOUT = 0.5
 DEADLINE = 2.0
 MAX_BYTES = 100_000
 SETTINGS = FetchSettings(timeout=TIMEOUT, deadline=DEADLINE, max_bytes=MAX_BYTES, max_redirects=3, allow_private=True)
+SHORT = replace(SETTINGS, deadline=1.0)  # for the extra deadline tests, to keep the file quick
 SLACK = 0.5  # scheduling margin on wall-time bounds
 OLD_PNG = make_png(seed=99)  # the "last good copy" a failing source falls back to
 
@@ -31,8 +33,9 @@ def origin() -> Iterator[ScriptedOrigin]:
         yield server
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
+    """The production client, shared: building one loads the CA bundle (a quarter of a second)."""
     with make_client(SETTINGS) as http:
         yield http
 
@@ -139,106 +142,106 @@ def test_rotating_etag_with_the_same_bytes_is_not_modified(origin, client, store
 
 # ---- every way a source can fail: STALE with a copy, SourceError without -----------------------------
 
-# (path, a fragment the reason must contain, the most wall time the fetch may take)
+
+@dataclass(frozen=True)
+class Failure:
+    path: str  # on the origin; "refused" is a closed port instead
+    why: str  # the reason must contain this (and the URL)
+    at_most: float  # wall seconds the whole fetch may take
+    at_least: float = 0.0
+    requests: int = 1  # the origin saw exactly this many, all for `path`
+    hung_up: bool = False  # the origin must see the client drop the connection (not drain it, not keep it)
+
+
 FAILURES = [
-    ("/404.png", "HTTP 404 from", TIMEOUT),
-    ("/500.png", "HTTP 500 from", TIMEOUT),
-    ("refused", "cannot connect to", TIMEOUT),
-    ("/slow-headers", "no response from", TIMEOUT + SLACK),
-    ("/drip", "still sending at the 2s fetch deadline", DEADLINE + TIMEOUT + SLACK),
-    ("/drip-headers", "2s fetch deadline", DEADLINE + TIMEOUT + SLACK),
-    ("/truncated.png", "incomplete body", TIMEOUT),
-    ("/html", "answered 'text/html', not an image", TIMEOUT),
-    ("/lying.png", "bytes that are not a PNG", TIMEOUT),
-    ("/big-declared.png", "declares 50,000,000 bytes; the cap is 100,000", TIMEOUT / 2),  # no wait for the body
-    ("/endless", "sent more than 100,000 bytes", TIMEOUT),
-    ("/loop", "more than 3 redirects", TIMEOUT),
-    ("/to-file", "redirects to a 'file' URL", TIMEOUT),
-    ("/gzip.png", "sent Content-Encoding 'gzip'", TIMEOUT),
+    Failure("/404.png", "HTTP 404 from", TIMEOUT),
+    Failure("/500.png", "HTTP 500 from", TIMEOUT),
+    Failure("refused", "cannot connect to", TIMEOUT, requests=0),
+    Failure("/slow-headers", "within 0.5s", TIMEOUT + SLACK, at_least=TIMEOUT - 0.05, hung_up=True),  # not retried
+    Failure("/drip", "was still sending at the 2s fetch deadline", DEADLINE + TIMEOUT + SLACK,
+            at_least=DEADLINE - 0.1, hung_up=True),
+    Failure("/drip-headers", "had not answered at the 2s fetch deadline", DEADLINE + TIMEOUT + SLACK,
+            at_least=DEADLINE - 0.1, hung_up=True),
+    Failure("/truncated.png", "sent an incomplete body", TIMEOUT),
+    Failure("/html", "answered 'text/html', not an image (a soft 404?)", TIMEOUT),
+    Failure("/lying.png", "bytes that are not a PNG", TIMEOUT),
+    # The server holds the body back: waiting for it would take a whole read timeout.
+    Failure("/big-declared.png", "declares 50,000,000 bytes; the cap is 100,000", TIMEOUT / 2, hung_up=True),
+    Failure("/endless", "sent more than 100,000 bytes (fetch.max_bytes); aborted", TIMEOUT, hung_up=True),
+    Failure("/loop", "more than 3 redirects from", TIMEOUT, requests=3 + 1),
+    Failure("/to-file", "redirects to a 'file' URL; only http and https are followed", TIMEOUT),
+    Failure("/gzip.png", "sent Content-Encoding 'gzip' though identity was asked; refused", TIMEOUT),
 ]
 
 
-def failing_url(origin: ScriptedOrigin, path: str) -> str:
-    return f"http://127.0.0.1:{closed_port()}/icon.png" if path == "refused" else origin.url(path)
+def failing_url(origin: ScriptedOrigin, case: Failure) -> str:
+    return f"http://127.0.0.1:{closed_port()}/icon.png" if case.path == "refused" else origin.url(case.path)
 
 
-@pytest.mark.parametrize(("path", "why", "limit"), FAILURES, ids=[f[0] for f in FAILURES])
-def test_failing_source_with_a_good_copy_is_stale(origin, client, store, path, why, limit) -> None:
-    icon = spec(failing_url(origin, path))
+def check_failure(origin: ScriptedOrigin, case: Failure, url: str, reason: str, elapsed: float) -> None:
+    assert url in reason and case.why in reason
+    assert case.at_least <= elapsed <= case.at_most
+    assert origin.count() == case.requests and origin.count(case.path) == case.requests
+    if case.hung_up:
+        assert origin.client_left(case.path)
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=[f.path for f in FAILURES])
+def test_failing_source_with_a_good_copy_is_stale(origin, client, store, case) -> None:
+    icon = spec(failing_url(origin, case))
     seed(store, icon)
     source, elapsed = fetch_one(icon, store, client)
     assert (source.origin, source.data, source.etag) == (Origin.STALE, OLD_PNG, '"old"')
-    assert icon.url in source.reason and why in source.reason
-    assert elapsed <= limit + SLACK
+    check_failure(origin, case, icon.url, source.reason, elapsed)
+    assert store.load(icon) == Stored(OLD_PNG, icon.url, '"old"', "")  # the good copy is untouched
 
 
-@pytest.mark.parametrize(("path", "why", "limit"), FAILURES, ids=[f[0] for f in FAILURES])
-def test_failing_source_without_a_copy_is_a_source_error(origin, client, store, path, why, limit) -> None:
-    icon = spec(failing_url(origin, path))
+@pytest.mark.parametrize("case", FAILURES, ids=[f.path for f in FAILURES])
+def test_failing_source_without_a_copy_is_a_source_error(origin, client, store, case) -> None:
+    icon = spec(failing_url(origin, case))
     start = time.monotonic()
     with pytest.raises(SourceError) as raised:
         fetch_sources([icon], store, client, SETTINGS)
-    assert time.monotonic() - start <= limit + SLACK
+    elapsed = time.monotonic() - start
     [problem] = raised.value.problems
-    assert problem.startswith("icon 'Polychrome': ") and icon.url in problem and why in problem
-    assert "no earlier copy in icons/" in problem
+    assert problem.startswith("icon 'Polychrome': ")
+    assert problem.endswith("; there is no earlier copy in icons/ to fall back on")
+    check_failure(origin, case, icon.url, problem, elapsed)
     assert "Polychrome" in str(raised.value) and icon.url in str(raised.value)
     assert raised.value.exit_code == 69
     assert not store.directory.exists()  # nothing half-fetched was written
 
 
-def test_slowloris_body_is_cut_at_the_deadline_not_before(origin, client, store) -> None:
-    icon = spec(origin.url("/drip"))
+def test_deadline_holds_on_a_connection_kept_alive_from_an_earlier_run(origin, client, store) -> None:
+    fetch_one(spec(origin.url("/ok.png"), "Earlier"), store, client)
+    icon = spec(origin.url("/drip-headers"))
     seed(store, icon)
-    source, elapsed = fetch_one(icon, store, client)
-    assert source.origin is Origin.STALE and "deadline" in source.reason
-    assert DEADLINE - 0.1 <= elapsed <= DEADLINE + TIMEOUT + SLACK
-    assert origin.client_left("/drip")
+    source, elapsed = fetch_one(icon, store, client, SHORT)
+    assert source.reason == f"{icon.url} had not answered at the 1s fetch deadline"
+    assert elapsed <= SHORT.deadline + TIMEOUT + SLACK
 
 
-def test_slow_headers_time_out_at_the_read_timeout(origin, client, store) -> None:
-    icon = spec(origin.url("/slow-headers"))
+def test_one_deadline_covers_the_whole_stage(origin, client, store) -> None:
+    slow, next_in_line = spec(origin.url("/drip"), "Slow"), spec(origin.url("/ok.png"), "Next")
+    seed(store, slow)
+    seed(store, next_in_line)
+    start = time.monotonic()
+    sources = fetch_sources([slow, next_in_line], store, client, replace(SHORT, concurrency=1))
+    assert time.monotonic() - start <= SHORT.deadline + TIMEOUT + SLACK
+    assert [(s.origin, s.reason) for s in sources] == [
+        (Origin.STALE, f"{slow.url} was still sending at the 1s fetch deadline"),
+        (Origin.STALE, f"the fetch deadline of 1s passed before {next_in_line.url} was asked"),
+    ]
+    assert origin.count("/ok.png") == 0
+
+
+def test_the_deadline_is_read_from_the_injected_clock(origin, client, store) -> None:
+    readings = iter([0.0, 0.0])  # the stage start, then the request; every later reading is past the deadline
+    icon = spec(origin.url("/ok.png"))
     seed(store, icon)
-    source, elapsed = fetch_one(icon, store, client)
-    assert source.origin is Origin.STALE and f"no response from {icon.url} within 0.5s" in source.reason
-    assert TIMEOUT - 0.05 <= elapsed <= TIMEOUT + SLACK
-    assert origin.count("/slow-headers") == 1  # a read timeout is not retried
-    assert origin.client_left("/slow-headers")
-
-
-def test_oversized_declaration_is_refused_before_the_body(origin, client, store) -> None:
-    icon = spec(origin.url("/big-declared.png"))
-    seed(store, icon)
-    source, elapsed = fetch_one(icon, store, client)
-    assert "declares 50,000,000 bytes" in source.reason
-    assert elapsed < TIMEOUT / 2  # the server holds the body back: reading it would wait a whole timeout
-    assert origin.client_left("/big-declared.png")
-
-
-def test_endless_body_is_aborted_at_the_cap(origin, client, store) -> None:
-    icon = spec(origin.url("/endless"))
-    seed(store, icon)
-    source, _ = fetch_one(icon, store, client)
-    assert f"{icon.url} sent more than 100,000 bytes (fetch.max_bytes); aborted" == source.reason
-    assert origin.client_left("/endless")  # the connection was dropped, not drained
-
-
-def test_redirect_loop_stops_after_max_redirects(origin, client, store) -> None:
-    icon = spec(origin.url("/loop"))
-    seed(store, icon)
-    source, _ = fetch_one(icon, store, client)
-    assert source.reason == f"more than 3 redirects from {icon.url}"
-    assert origin.count("/loop") == 3 + 1
-    assert origin.count() == 4
-
-
-def test_redirect_to_a_file_url_is_not_followed(origin, client, store) -> None:
-    icon = spec(origin.url("/to-file"))
-    seed(store, icon)
-    source, _ = fetch_one(icon, store, client)
-    assert source.reason == f"{icon.url} redirects to a 'file' URL; only http and https are followed"
-    assert source.data == OLD_PNG
-    assert origin.count() == 1
+    [source] = fetch_sources([icon], store, client, SETTINGS, clock=lambda: next(readings, 100.0))
+    assert (source.origin, source.reason) == (Origin.STALE, f"{icon.url} was still sending at the 2s fetch deadline")
+    assert origin.count("/ok.png") == 1
 
 
 def test_redirect_to_a_good_source_is_followed(origin, client, store) -> None:
@@ -264,19 +267,59 @@ def test_one_failing_icon_does_not_hide_the_good_ones(origin, client, store) -> 
     assert origin.count("/ok.png") == 2 and origin.count("/500.png") == 2 and origin.count("/404.png") == 2
 
 
+# ---- https --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_origin(tmp_path: Path) -> Iterator[tuple[ScriptedOrigin, httpx.Client]]:
+    """The origin over TLS, and a client that trusts its certificate (make_client trusts only real CAs)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI to make a test certificate")
+    server_context, client_context = self_signed(tmp_path)
+    transport = httpx.HTTPTransport(verify=client_context, retries=1)
+    with serve(tls=server_context) as server, httpx.Client(trust_env=False, transport=transport) as http:
+        yield server, http
+
+
+def test_https_source_downloads(tls_origin, store) -> None:
+    origin, http = tls_origin
+    icon = spec(origin.url("/ok.png"))
+    source, _ = fetch_one(icon, store, http)
+    assert icon.url.startswith("https://")
+    assert (source.origin, source.data, source.etag) == (Origin.DOWNLOADED, origin.png, origin.etag)
+
+
+def test_https_headers_dripped_are_cut_at_the_deadline(tls_origin, store) -> None:
+    origin, http = tls_origin
+    icon = spec(origin.url("/drip-headers"))
+    seed(store, icon)
+    source, elapsed = fetch_one(icon, store, http, SHORT)
+    assert source.reason == f"{icon.url} had not answered at the 1s fetch deadline"
+    assert elapsed <= SHORT.deadline + TIMEOUT + SLACK
+
+
+def test_https_redirect_down_to_http_is_refused(tls_origin, store) -> None:
+    origin, http = tls_origin
+    icon = spec(origin.url("/downgrade"))
+    seed(store, icon)
+    source, _ = fetch_one(icon, store, http)
+    target = origin.url("/ok.png").replace("https://", "http://")
+    assert source.reason == f"{icon.url} redirects from https down to http ({target}); refused"
+    assert [r.path for r in origin.requests()] == ["/downgrade"]
+
+
 # ---- refusing before connecting, and offline ---------------------------------------------------------
 
 
-def test_private_address_is_refused_before_any_request(origin, store) -> None:
+def test_private_address_is_refused_before_any_request(origin, client, store) -> None:
     settings = replace(SETTINGS, allow_private=False)
     icon = spec(origin.url("/ok.png"))
-    with make_client(settings) as http, pytest.raises(SourceError) as raised:
-        fetch_sources([icon], store, http, settings)
+    with pytest.raises(SourceError) as raised:
+        fetch_sources([icon], store, client, settings)
     [problem] = raised.value.problems
     assert f"{icon.url} resolves to the non-public address 127.0.0.1; refused" in problem
     seed(store, icon)
-    with make_client(settings) as http:
-        source, _ = fetch_one(icon, store, http, settings)
+    source, _ = fetch_one(icon, store, client, settings)
     assert (source.origin, source.data) == (Origin.STALE, OLD_PNG) and "non-public" in source.reason
     assert origin.count() == 0
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import PublishError
 from pipeline.model import PublishSettings
-from pipeline.publish import check_release, live_release, load_records, publish
+from pipeline.publish import check_release, live_release, load_records, publish, visible
 
 HOUR = 3600.0
 SETTINGS = PublishSettings(keep_releases=2, retention_hours=24)
@@ -98,3 +98,21 @@ def test_gate_refuses_symlinks_and_fifos(tmp_path: Path) -> None:
     with pytest.raises(PublishError) as caught:
         check_release(root)
     assert caught.value.problems == ("passwd: not a regular file or directory", "pipe: not a regular file or directory")
+
+
+def test_gate_refuses_a_release_without_a_required_file(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    with pytest.raises(PublishError, match="key-12345678.txt is missing"):
+        publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1.0, required=("index.html", "key-12345678.txt"))
+    assert live_release(dist) is None
+
+
+def test_only_visible_changes_count_as_page_changes(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    publish(dist, site_files("v1", "a.1111111111.png"), SETTINGS, now=1.0)
+    rehashed = publish(dist, site_files("v1", "a.2222222222.png"), SETTINGS, now=2.0)
+    assert rehashed.switched and rehashed.changed_pages == ()
+    edited = publish(dist, site_files("v2", "a.2222222222.png"), SETTINGS, now=3.0)
+    assert edited.changed_pages == ("index.html",)
+    assert visible(b'<meta name="build" content="abc"><link href="/assets/s.0123456789.css" integrity="sha384-x">') == \
+        b'<meta name="build" content=""><link href="/assets/s.css" integrity="">'

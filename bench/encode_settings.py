@@ -254,7 +254,7 @@ def sweep_icon(image: Image.Image, best, webp) -> dict:
         grid = []
         for q in range(101):
             data, ms = _save(image, fmt.upper(), quality=q, **opts)
-            grid.append([len(data), round(_quality(image, data), 5), round(ms, 2)])
+            grid.append([len(data), _quality(image, data), round(ms, 2)])
         out[fmt] = grid
     at_choice = {}
     for variant, fmt, slower in ((best, "avif", {**AVIF_OPTIONS, "speed": 6}),

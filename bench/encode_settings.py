@@ -86,6 +86,9 @@ STRATEGIES = [
     ("cwebp_q80", "cwebp -q80 -alpha_q100 -m4", "cwebp"),
     ("cwebp_ll", "cwebp -lossless", "cwebp"),
     ("cwebp_ll_q100", "cwebp -lossless -q100 -m4", "cwebp"),
+    ("cwebp_nl60", "cwebp -near_lossless 60", "near"),
+    ("cwebp_nl40", "cwebp -near_lossless 40", "near"),
+    ("cwebp_nl20", "cwebp -near_lossless 20", "near"),
     ("oxipng_l2", "oxipng -o2 (source)", "png"),
     ("oxipng_l4", "oxipng -o4 (source)", "png"),
 ]
@@ -232,7 +235,11 @@ def measure(task: tuple[str, str, str, bool, bool]) -> dict:
     if use_cwebp:
         for key, args in [("cwebp_q80", ["-q", "80", "-alpha_q", "100", "-m", "4"]),
                           ("cwebp_ll", ["-lossless"]),
-                          ("cwebp_ll_q100", ["-lossless", "-q", "100", "-m", "4"])]:
+                          ("cwebp_ll_q100", ["-lossless", "-q", "100", "-m", "4"]),
+                          # near-lossless: not reachable through Pillow's WebP options (Pillow 13)
+                          ("cwebp_nl60", ["-lossless", "-near_lossless", "60", "-q", "100", "-m", "4"]),
+                          ("cwebp_nl40", ["-lossless", "-near_lossless", "40", "-q", "100", "-m", "4"]),
+                          ("cwebp_nl20", ["-lossless", "-near_lossless", "20", "-q", "100", "-m", "4"])]:
             out, ms, wall = _cwebp(path, args)
             put(key, out, ms, wall_ms=round(wall, 3))
 
@@ -318,6 +325,33 @@ def cwebp_comparison(records: list[dict]) -> list[dict]:
             "cwebp_mean_ssim": statistics.fmean(b["ssim"] for _, b in pairs),
         })
     return out
+
+
+NEAR_LOSSLESS = ("cwebp_nl60", "cwebp_nl40", "cwebp_nl20")
+
+
+def with_near_lossless(records: list[dict]) -> dict | None:
+    """What the pipeline would serve with one more WebP candidate: the smallest near-lossless
+    encode (cwebp levels 60/40/20) that keeps the SSIM floor, as encode_icon picks among its own."""
+    if not records or not all(k in records[0]["results"] for k in NEAR_LOSSLESS):
+        return None
+    src = best_total = webp_total = 0
+    best_over = webp_over = used = 0
+    for r in records:
+        res = r["results"]
+        png = res["pipe_png"]["bytes"]
+        near = [res[k]["bytes"] for k in NEAR_LOSSLESS if res[k]["ssim"] >= FLOOR]
+        webp = min([res["pipe_webp"]["bytes"], *near])
+        used += bool(near) and min(near) < res["pipe_webp"]["bytes"]
+        webp = min(webp, png)
+        best = min(res["pipe_best"]["bytes"], webp)
+        src += r["source_bytes"]
+        best_total += best
+        webp_total += webp
+        best_over += best > 0.5 * r["source_bytes"]
+        webp_over += webp > 0.7 * r["source_bytes"]
+    return {"best_ratio": best_total / src, "best_over_50pct": best_over, "webp_ratio": webp_total / src,
+            "webp_over_70pct": webp_over, "near_lossless_chosen": used, "n": len(records)}
 
 
 def pipeline_breakdown(records: list[dict]) -> dict:
@@ -483,7 +517,7 @@ def print_table(title: str, summary: dict) -> None:
               f"{s['min_ssim']:>8.4f} {s['below_floor']:>5} {ms}")
 
 
-def print_extras(summary: dict, cw: list[dict], breakdown: dict) -> None:
+def print_extras(summary: dict, cw: list[dict], breakdown: dict, near: dict | None) -> None:
     if cw:
         print("  Pillow vs cwebp (same files; bytes ours/cwebp; ms = encode only, cwebp's own -v timer, 1 ms resolution):")
         for c in cw:
@@ -510,6 +544,10 @@ def print_extras(summary: dict, cw: list[dict], breakdown: dict) -> None:
         ]
         for text, ok in checks:
             print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    if near:
+        print(f"  what-if, + a near-lossless WebP candidate (smallest of cwebp NL 60/40/20 keeping the floor; chosen "
+              f"for {near['near_lossless_chosen']}/{near['n']} icons): best {near['best_ratio']:.1%} "
+              f"({near['best_over_50pct']} over 50%), WebP {near['webp_ratio']:.1%} ({near['webp_over_70pct']} over 70%)")
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -559,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         print("cwebp not found: its rows are skipped", file=sys.stderr)
 
     started = time.perf_counter()
+    load_before = os.getloadavg()
     corpora: dict[str, list[tuple[str, str, Path]]] = {"default": default_corpus()}
     npm_meta = None
     if corpus in ("auto", "npm"):
@@ -601,27 +640,30 @@ def main(argv: list[str] | None = None) -> int:
         if not recs:
             continue
         summary = summarise(recs)
+        near = with_near_lossless(recs)
         cw = cwebp_comparison(recs)
         breakdown = pipeline_breakdown(recs)
         results["corpora"][name] = {"n": len(recs), "summary": summary, "cwebp_vs_pillow": cw,
-                                    "pipeline": breakdown, "icons": recs if "/" not in name else None}
+                                    "pipeline": breakdown, "near_lossless_whatif": near, "icons": recs if "/" not in name else None}
         title = f"{name}: {len(recs)} icons"
         if name == "npm" and npm_meta:
             title += " (sample of " + ", ".join(f"{s} {m['sampled']}/{m['available']}" for s, m in npm_meta.items()) + ")"
         print_table(title, summary)
-        print_extras(summary, cw, breakdown)
+        print_extras(summary, cw, breakdown, near)
         sweep = sweep_report(recs)
         if sweep:
             results["corpora"][name]["sweep"] = sweep
             print_sweep(sweep)
 
     env = results["environment"]
+    results["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
     results["seconds"] = {"fetch": round(fetched - started, 2), "measure": round(measured - fetched, 2),
                           "total": round(time.perf_counter() - started, 2)}
     print(f"\nPillow {env['pillow']} (libwebp {env['libwebp']}, libavif {env['libavif']}), "
           f"cwebp {env['cwebp'] or 'not used'}, pyoxipng {env['pyoxipng']}; "
           f"encode.py {env['encode_py_sha256'][:12]}{' (modified)' if env['encode_py_modified'] else ''}; "
-          f"{args.jobs} workers on {env['cpus']} cpus")
+          f"{args.jobs} workers on {env['cpus']} cpus; load average before {load_before[0]:.1f}, "
+          f"after {os.getloadavg()[0]:.1f} (times are only comparable on an idle machine)")
     print("ms: median per icon, one encode, pixels already decoded; pipeline rows share one encode_icon call "
           "(decode included), shown once. >50%/>70%: icons whose output exceeds that share of their source.")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import resource
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +33,8 @@ from .errors import ConfigError, ImageError
 from .model import Asset, Content, EncodedIcon, Origin, RunReport, SiteConfig, SiteView, SourceIcon
 
 CACHE_VERSION = f"{encode.ENCODER_VERSION}; {encode.LIBRARY_VERSIONS}"
+CRASH_ENV = "BUILDER_CRASH_AT"  # test-only; "decode:<slug>" makes the worker encoding that icon abort
+WORKER_ADDRESS_SPACE = 2 * 1024**3  # bytes; a 64 px icon needs ~100 MB with the interpreter
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     request.checkpoint("after_fetch")
     with timings("encode"):
         sources, encoded = encode_all(sources, store, EncodeCache(site.cache_dir / "encode"),
-                                      request.reencode, _jobs(request))
+                                      request.reencode, _jobs(request), request.checkpoint)
         for source in sources:
             if source.origin is not Origin.STALE and source.origin is not Origin.LOCAL:
                 store.save(source)  # decoded and encoded fine: now it is the last good copy
@@ -143,21 +148,21 @@ def _jobs(request: BuildRequest) -> int:
 # ---- encode, with the cache and the last-good fallback -------------------------------------------
 
 
-def encode_all(sources: list[SourceIcon], store: fetch.IconStore, cache: EncodeCache,
-               reencode: frozenset[str], jobs: int) -> tuple[list[SourceIcon], list[EncodedIcon]]:
+def encode_all(sources: list[SourceIcon], store: fetch.IconStore, cache: EncodeCache, reencode: frozenset[str],
+               jobs: int, checkpoint: publish.Checkpoint) -> tuple[list[SourceIcon], list[EncodedIcon]]:
     """Encode what the cache lacks. A fresh download that fails to decode falls back to the
     last good copy in icons/ (marked STALE); an icon with no decodable copy at all is an error."""
     keys = [cache_key(s, CACHE_VERSION) for s in sources]
     results: list[EncodedIcon | ImageError | None] = [
         None if s.spec.name in reencode else cache.get(k, s) for s, k in zip(sources, keys)]
     missing = [i for i, r in enumerate(results) if r is None]
-    for i, outcome in zip(missing, _encode_many([sources[i] for i in missing], jobs)):
+    for i, outcome in zip(missing, _encode_many([sources[i] for i in missing], jobs, checkpoint)):
         results[i] = outcome
     problems = []
     for i, outcome in enumerate(results):
         if isinstance(outcome, ImageError):
             fallback = _fallback(sources[i], store, str(outcome))
-            outcome = _encode_one(fallback) if fallback else outcome
+            outcome = _encode_alone(fallback) if fallback else outcome
             if isinstance(outcome, ImageError):
                 problems.append(str(outcome))
                 continue
@@ -182,20 +187,61 @@ def _fallback(source: SourceIcon, store: fetch.IconStore, reason: str) -> Source
 
 
 def _encode_one(source: SourceIcon) -> EncodedIcon | ImageError:
+    if os.environ.get(CRASH_ENV) == f"decode:{source.spec.slug}":
+        os.abort()  # test-only: a decoder crash in the worker (faults.md #30)
     try:
         return encode.encode_icon(source)
     except ImageError as error:
         return error
 
 
-def _encode_many(sources: list[SourceIcon], jobs: int) -> list[EncodedIcon | ImageError]:
-    """In worker processes when there is more than one icon to do and more than one core."""
-    workers = min(jobs, len(sources))
-    if workers <= 1:
-        return [_encode_one(s) for s in sources]
-    # spawn, not fork: the fetch threads may still hold locks a forked child would inherit.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_encode_one, sources, chunksize=max(1, len(sources) // (workers * 4))))
+def _encode_many(sources: list[SourceIcon], jobs: int, checkpoint: publish.Checkpoint) -> list[EncodedIcon | ImageError]:
+    """Encode in worker processes with an address-space limit: the bytes are untrusted, and a
+    decoder crash or a memory blow-up must cost that icon (its last good copy is used), not the
+    run. If a worker dies, the icons it may have taken down with it are retried one by one."""
+    results: list[EncodedIcon | ImageError | None] = [None] * len(sources)
+    if sources:
+        pool = _workers(min(jobs, len(sources)))
+        try:
+            futures = [pool.submit(_encode_one, source) for source in sources]
+            for i, future in enumerate(futures):
+                checkpoint("mid_encode")
+                try:
+                    results[i] = future.result()
+                except BrokenProcessPool:
+                    break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for i, result in enumerate(results):
+        if result is None:
+            checkpoint("mid_encode")
+            results[i] = _encode_alone(sources[i])
+    return [r for r in results if r is not None]
+
+
+def _encode_alone(source: SourceIcon) -> EncodedIcon | ImageError:
+    pool = _workers(1)
+    try:
+        return pool.submit(_encode_one, source).result()
+    except BrokenProcessPool:
+        return ImageError(f"icon {source.spec.name!r} ({source.spec.url}): the image decoder crashed on it; "
+                          "replace the source")
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _workers(count: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the fetch threads may hold locks that a forked child would inherit.
+    return ProcessPoolExecutor(max(1, count), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_limit_worker)
+
+
+def _limit_worker() -> None:
+    """In each encode worker: a cap on address space, and signals left to the parent, which
+    stops the pool itself at its next checkpoint."""
+    resource.setrlimit(resource.RLIMIT_AS, (WORKER_ADDRESS_SPACE, WORKER_ADDRESS_SPACE))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ---- timing ----------------------------------------------------------------------------------

@@ -209,7 +209,8 @@ class _Fetcher:
                 response = self.client.send(request, stream=True, follow_redirects=False)
             except httpx.HTTPError as error:
                 if self.expired.is_set():
-                    raise FetchFailed(f"{url} had not answered at the {self.settings.deadline:g}s fetch deadline") from None
+                    deadline = self.settings.deadline
+                    raise FetchFailed(f"{url} had not answered at the {deadline:g}s fetch deadline") from None
                 if isinstance(error, httpx.ConnectTimeout):
                     raise FetchFailed(f"timed out connecting to {url}") from None
                 if isinstance(error, httpx.TimeoutException):

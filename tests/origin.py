@@ -1,9 +1,9 @@
 """A scripted origin server for the fetch tests: one path per way a source can behave or misbehave.
 
 `serve()` runs a ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread, over TLS if given
-an SSLContext, and records every request (path and headers) so a test can assert what the client sent. Every sleep and loop in a
-handler is bounded and also ends on the stop event, and stop() shuts the client sockets down, so the
-server stops within a second or two even while /drip or /endless are mid-response.
+an SSLContext, and records every request (path and headers) so a test can assert what the client
+sent. Every sleep and loop in a handler is bounded and also ends on the stop event, and stop() shuts
+the client sockets down, so the server stops at once even while /drip or /endless are mid-response.
 """
 
 from __future__ import annotations
@@ -92,15 +92,20 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         """The TLS handshake happens here, in the handler thread, bounded by the handler's socket timeout."""
-        if self.tls is not None:
-            request.settimeout(_Handler.timeout)
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except OSError:
-                return  # the client gave up on (or failed) the handshake
-            with self.lock:
-                self.connections.append(request)  # the plain socket is detached now; stop() shuts this one
-        super().finish_request(request, client_address)
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(_Handler.timeout)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except OSError:
+            return  # the client gave up on (or failed) the handshake
+        with self.lock:
+            self.connections.append(wrapped)  # the plain socket is detached now; stop() shuts this one
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            wrapped.close()  # socketserver closes only the plain socket it accepted
 
     def left(self, path: str) -> threading.Event:
         with self.lock:
@@ -161,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _drip(self, data: bytes, start: int = 0) -> None:
-        """Send data (from `start`, cycling) one byte every DRIP_INTERVAL until the client leaves or the server stops."""
+        """Send data (from `start`, cycling) a byte every DRIP_INTERVAL until the client leaves or the server stops."""
         self.close_connection = True
         for i in range(start, start + int(HOLD_LIMIT / DRIP_INTERVAL)):
             if self.server.stop_event.wait(DRIP_INTERVAL):
@@ -206,9 +211,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(500, b"Internal Server Error\n", {"Content-Type": "text/plain"})
 
     def slow_headers(self) -> None:
-        """Read the request, then say nothing for far longer than any test timeout."""
+        """Read the request, say nothing for far longer than any test timeout, then answer (if anyone is left)."""
         if self._wait_for_client_to_leave(SLOW_HEADERS):
             self.server.left("/slow-headers").set()
+        elif not self.server.stop_event.is_set():
+            self._send(200, self.server.png, {"Content-Type": "image/png"})
 
     def drip(self) -> None:
         """A slowloris body: the PNG signature, then 1 byte every DRIP_INTERVAL, never a read timeout, never an end.
@@ -238,7 +245,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def html(self) -> None:
         """A soft 404: 200 and a friendly HTML page."""
-        self._send(200, b"<!doctype html><title>Oops</title><p>This icon has moved.", {"Content-Type": "text/html; charset=utf-8"})
+        page = b"<!doctype html><title>Oops</title><p>This icon has moved."
+        self._send(200, page, {"Content-Type": "text/html; charset=utf-8"})
 
     def lying(self) -> None:
         """Claims image/png, sends HTML."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -178,3 +180,31 @@ def test_cold_build_encodes_everything_in_parallel_and_matches_warm(cold_site: P
 def test_console_script_and_module_entry_points() -> None:
     out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and "build" in out.stdout and "icons" in out.stdout
+
+
+def test_a_decoder_crash_costs_the_icon_not_the_run(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    before = snapshot(site / "dist")
+    for name in ("denny", "boopon"):  # two new sources, so the pool has work besides the crash
+        path = site / "icons" / f"{name}.png"
+        ImageOps.flip(Image.open(path)).save(path)
+    result = run_cli(site, "build", "--offline", "--jobs", "2", env={"BUILDER_CRASH_AT": "decode:denny"})
+    assert result.returncode == 65, result.stderr
+    assert "icon 'Denny' (https://" in result.stderr and "the image decoder crashed on it" in result.stderr
+    assert "Traceback" not in result.stderr and "Boopon" not in result.stderr
+    assert snapshot(site / "dist") == before
+
+
+def test_sigterm_stops_before_the_switch_and_removes_staging(cold_site: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "1",
+                                "--site", str(cold_site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO)
+    deadline = time.monotonic() + 20
+    while not (cold_site / ".cache" / "encode").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # encoding has begun
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "stopped by a signal" in err and "nothing was switched" in err
+    assert not (cold_site / "dist" / "current").exists()
+    assert not list((cold_site / "dist").glob(".staging-*"))

@@ -30,9 +30,10 @@ from . import config, encode, fetch, fingerprint, indexnow, minify, publish, ren
 from .lock import exclusive
 from .cache import EncodeCache, cache_key
 from .errors import ConfigError, ImageError
-from .model import Asset, Content, EncodedIcon, Origin, RunReport, SiteConfig, SiteView, SourceIcon
+from .model import Asset, Content, Document, EncodedIcon, Origin, RunReport, SiteConfig, SiteView, SourceIcon
 
 CACHE_VERSION = f"{encode.ENCODER_VERSION}; {encode.LIBRARY_VERSIONS}"
+FEED_COPY = "feed/codes"  # under .cache/: the last good copy of a codes feed, and its validators
 CRASH_ENV = "BUILDER_CRASH_AT"  # test-only; "decode:<slug>" makes the worker encoding that icon abort
 WORKER_ADDRESS_SPACE = 2 * 1024**3  # bytes; a 64 px icon needs ~100 MB with the interpreter
 
@@ -59,8 +60,12 @@ def run(request: BuildRequest, client: httpx.Client | None = None) -> RunReport:
 
 def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     site, timings = request.site, Timings()
+    with timings("fetch"):
+        document = _content_document(site, client)
     with timings("config"):
-        content = _load_content(site)
+        content = config.load_content(document.label, document.text, {spec.name for spec in site.icons})
+        if site.content_is_feed and document.origin in (Origin.DOWNLOADED, Origin.NOT_MODIFIED):
+            fetch.save_document(site.cache_dir / FEED_COPY, document)  # it parsed: the new last good copy
     request.checkpoint("after_config")
     with timings("fetch"):
         store = fetch.IconStore(site.icons_dir)
@@ -100,7 +105,7 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
             pinged = indexnow.ping(site.cache_dir / "indexnow.json", _changed_urls(site, result.changed_pages, files),
                                    site.base_url, site.indexnow, client, request.now)
     return RunReport(tuple(sources), tuple(encoded), minified.bytes_before, minified.bytes_after,
-                     css_before, sum(len(a.data) for a in css_assets), result, dict(timings.seconds), pinged)
+                     css_before, sum(len(a.data) for a in css_assets), result, dict(timings.seconds), pinged, document)
 
 
 def _changed_urls(site: SiteConfig, changed: tuple[str, ...], files: dict[str, bytes]) -> dict[str, str]:
@@ -113,15 +118,16 @@ def _changed_urls(site: SiteConfig, changed: tuple[str, ...], files: dict[str, b
     return urls
 
 
-def _load_content(site: SiteConfig) -> Content:
-    label = site.content_path.name
+def _content_document(site: SiteConfig, client: httpx.Client | None) -> Document:
+    if site.content_is_feed:
+        return fetch.fetch_feed(site.content, site.cache_dir / FEED_COPY, client, site.fetch)
+    path = site.root / site.content
     try:
-        text = site.content_path.read_text(encoding="utf-8")
+        return Document(site.content, path.read_text(encoding="utf-8"), Origin.LOCAL)
     except FileNotFoundError:
-        raise ConfigError(f"{label}: not found in {site.content_path.parent}; set [site] content in site.toml") from None
+        raise ConfigError(f"{site.content}: not found in {path.parent}; set [site] content in site.toml") from None
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{label}: is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    return config.load_content(label, text, {spec.name for spec in site.icons})
+        raise ConfigError(f"{site.content}: is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _stylesheets(site: SiteConfig) -> tuple[int, list[Asset]]:

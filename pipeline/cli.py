@@ -157,6 +157,8 @@ def warnings(report: RunReport) -> list[str]:
 
     stale = [f"icon {s.spec.name!r} is stale: {s.reason}; using the last good copy in icons/"
              for s in report.sources if s.origin is Origin.STALE]
+    if report.content and report.content.origin is Origin.STALE:
+        stale.append(f"content feed is stale: {report.content.reason}; using its last good copy")
     return stale + ([report.indexnow.problem] if report.indexnow and report.indexnow.problem else [])
 
 

@@ -47,7 +47,9 @@ def load_site(root: Path) -> SiteConfig:
     base_url = str(site.get("base_url", "http://localhost")).rstrip("/")
     if problem := url_problem(base_url):
         problems.append(f"site.toml: [site] base_url {problem}")
-    content_path = root / str(site.get("content", "codes.yaml"))
+    content = str(site.get("content", "codes.yaml"))
+    if content.startswith(("http://", "https://")) and (problem := url_problem(content)):
+        problems.append(f"site.toml: [site] content {problem}")
     fetch = _section(settings, "fetch", FetchSettings, problems)
     publish = _section(settings, "publish", PublishSettings, problems)
     defaults = _section(settings, "encode", EncodeSettings, problems)
@@ -66,7 +68,7 @@ def load_site(root: Path) -> SiteConfig:
         icons = ()
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the site configuration; nothing was built", tuple(problems))
-    return SiteConfig(root, title, base_url, content_path, icons, fetch, publish, indexnow, jobs)
+    return SiteConfig(root, title, base_url, content, icons, fetch, publish, indexnow, jobs)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -368,7 +370,7 @@ def _compose_text(label: str, text: str) -> yaml.Node | None:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 1
-        raise ConfigError(f"{label}:{line}: {error.problem or error.context}; fix the YAML syntax") from None
+        raise ConfigError(f"{label}:{line}: {error.problem or error.context}; fix the syntax (YAML, or JSON)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{label}: {error}") from None
 

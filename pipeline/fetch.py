@@ -29,7 +29,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from .errors import SourceError
-from .model import FetchSettings, IconSpec, Origin, SourceIcon
+from .model import Document, FetchSettings, IconSpec, Origin, SourceIcon
 
 USER_AGENT = "pipeline-static-site/0.1 (+icon fetch; conditional GET)"
 IMAGE_MAGIC = {
@@ -153,6 +153,59 @@ def fetch_sources(
     return [r for r in results if isinstance(r, SourceIcon)]
 
 
+def fetch_feed(url: str, stored_path: Path, client: httpx.Client | None, settings: FetchSettings, *,
+               resolve: Resolver | None = None, clock: Callable[[], float] = time.monotonic) -> Document:
+    """The codes feed, conditionally; its last good copy (stored_path) when the feed fails."""
+    stored = load_document(stored_path)
+    if client is None:
+        if stored is None:
+            raise SourceError(f"content feed {url}: no copy in {stored_path} and --offline forbids fetching it")
+        return Document(url, stored.data.decode("utf-8"), Origin.LOCAL, etag=stored.etag, last_modified=stored.last_modified)
+    fetcher = _Fetcher(client, settings, resolve or _resolve, clock, clock() + settings.deadline)
+    watchdog = threading.Timer(settings.deadline, fetcher.cut_off)
+    watchdog.daemon = True
+    watchdog.start()
+    validators = stored if stored and stored.url == url else None
+    try:
+        _url, status, headers, body = fetcher._get(url, validators, FEED)
+    except FetchFailed as failure:
+        if stored is None:
+            raise SourceError(f"content feed: {failure}; there is no earlier copy to fall back on") from None
+        return Document(url, stored.data.decode("utf-8"), Origin.STALE, str(failure), stored.etag, stored.last_modified)
+    finally:
+        watchdog.cancel()
+    etag, modified = headers.get("etag", ""), headers.get("last-modified", "")
+    if status == 304 and validators:
+        return Document(url, validators.data.decode("utf-8"), Origin.NOT_MODIFIED, "", etag or validators.etag,
+                        modified or validators.last_modified)
+    if status == 304:
+        raise SourceError(f"content feed: HTTP 304 from {url} to a request without validators")
+    origin = Origin.NOT_MODIFIED if stored and stored.data == body else Origin.DOWNLOADED
+    return Document(url, body.decode("utf-8"), origin, "", etag, modified)
+
+
+def load_document(path: Path) -> Stored | None:
+    meta_path = path.with_name(path.name + ".meta.json")
+    try:
+        data = path.read_bytes()
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    return Stored(data, meta.get("url", ""), meta.get("etag", ""), meta.get("last_modified", ""))
+
+
+def save_document(path: Path, document: Document) -> None:
+    """Keep a feed that parsed and validated as the last good copy, with its validators."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = document.text.encode("utf-8")
+    _write_atomic(path, data)
+    meta = {"url": document.label, "etag": document.etag, "last_modified": document.last_modified,
+            "sha256": hashlib.sha256(data).hexdigest()}
+    _write_atomic(path.with_name(path.name + ".meta.json"), (json.dumps(meta, indent=2) + "\n").encode())
+
+
 class _Fetcher:
     def __init__(self, client: httpx.Client, settings: FetchSettings, resolve: Resolver,
                  clock: Callable[[], float], deadline: float) -> None:
@@ -192,9 +245,10 @@ class _Fetcher:
             return SourceIcon(spec, body, Origin.NOT_MODIFIED, etag=etag, last_modified=modified)
         return SourceIcon(spec, body, Origin.DOWNLOADED, etag=etag, last_modified=modified)
 
-    def _get(self, url: str, validators: Stored | None) -> tuple[str, int, httpx.Headers, bytes]:
+    def _get(self, url: str, validators: Stored | None, kind: _Kind | None = None) -> tuple[str, int, httpx.Headers, bytes]:
+        kind = kind or IMAGE
         # Connection: close, so no request reuses a pooled connection whose socket _trace never saw.
-        headers = {"Accept": "image/png,image/*;q=0.8", "Accept-Encoding": "identity", "User-Agent": USER_AGENT,
+        headers = {"Accept": kind.accept, "Accept-Encoding": "identity", "User-Agent": USER_AGENT,
                    "Connection": "close"}
         if validators and validators.etag:
             headers["If-None-Match"] = validators.etag
@@ -224,7 +278,7 @@ class _Fetcher:
                     return url, 304, response.headers, b""
                 if response.status_code != 200:
                     raise FetchFailed(f"HTTP {response.status_code} from {url}")
-                return url, 200, response.headers, self._read_image(url, response)
+                return url, 200, response.headers, self._read_body(url, response, kind)
             finally:
                 response.close()
         raise FetchFailed(f"more than {self.settings.max_redirects} redirects from {url}")
@@ -259,7 +313,7 @@ class _Fetcher:
             if not ip.is_global:
                 raise FetchFailed(f"{url} resolves to the non-public address {ip}; refused (allow_private is off)")
 
-    def _read_image(self, url: str, response: httpx.Response) -> bytes:
+    def _read_body(self, url: str, response: httpx.Response, kind: _Kind) -> bytes:
         cap = self.settings.max_bytes
         encoding = response.headers.get("content-encoding", "identity").lower()
         if encoding not in ("identity", ""):
@@ -268,8 +322,8 @@ class _Fetcher:
         if declared and declared.isdigit() and int(declared) > cap:
             raise FetchFailed(f"{url} declares {int(declared):,} bytes; the cap is {cap:,} (fetch.max_bytes)")
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
-            raise FetchFailed(f"{url} answered {content_type!r}, not an image (a soft 404?)")
+        if content_type and not kind.allows(content_type):
+            raise FetchFailed(f"{url} answered {content_type!r}, not {kind.noun} (a soft 404?)")
         body = bytearray()
         try:
             for chunk in response.iter_raw():
@@ -286,12 +340,43 @@ class _Fetcher:
             raise FetchFailed(f"{url} sent an incomplete body ({error})") from None
         if self.expired.is_set():  # the watchdog's shutdown reads as the end of a body delimited by close
             raise self._still_sending(url)
-        if sniff(bytes(body)) is None:
-            raise FetchFailed(f"{url} sent {len(body):,} bytes that are not a PNG, JPEG, GIF, WebP or AVIF image")
+        if (problem := kind.check(bytes(body))) is not None:
+            raise FetchFailed(f"{url} sent {len(body):,} bytes that {problem}")
         return bytes(body)
 
     def _still_sending(self, url: str) -> FetchFailed:
         return FetchFailed(f"{url} was still sending at the {self.settings.deadline:g}s fetch deadline")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What a fetch expects back: the Accept header, the content types and a check of the body."""
+
+    noun: str
+    accept: str
+    types: tuple[str, ...]  # allowed content types; a trailing "/" allows a whole family
+    check: Callable[[bytes], str | None]  # why the body is not acceptable, or None
+
+    def allows(self, content_type: str) -> bool:
+        return any(content_type == t or (t.endswith("/") and content_type.startswith(t)) for t in self.types)
+
+
+def _image_problem(data: bytes) -> str | None:
+    return None if sniff(data) else "are not a PNG, JPEG, GIF, WebP or AVIF image"
+
+
+def _text_problem(data: bytes) -> str | None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "are not UTF-8 text"
+    return None
+
+
+IMAGE = _Kind("an image", "image/png,image/*;q=0.8", ("image/", "application/octet-stream"), _image_problem)
+FEED = _Kind("JSON or YAML", "application/json, application/yaml;q=0.9, text/plain;q=0.5",
+             ("application/json", "text/json", "application/yaml", "application/x-yaml", "text/yaml", "text/plain"),
+             _text_problem)
 
 
 def sniff(data: bytes) -> str | None:

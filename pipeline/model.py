@@ -71,7 +71,7 @@ class SiteConfig:
     root: Path
     title: str
     base_url: str  # "https://codes.example.org", no trailing slash
-    content_path: Path
+    content: str  # the codes data: a path relative to root, or an http(s) URL (a feed)
     icons: tuple[IconSpec, ...]
     fetch: FetchSettings = FetchSettings()
     publish: PublishSettings = PublishSettings()
@@ -93,6 +93,10 @@ class SiteConfig:
     @property
     def cache_dir(self) -> Path:
         return self.root / ".cache"
+
+    @property
+    def content_is_feed(self) -> bool:
+        return self.content.startswith(("http://", "https://"))
 
 
 # ---- content ---------------------------------------------------------------------------------
@@ -139,6 +143,18 @@ class SourceIcon:
     origin: Origin
     reason: str = ""  # why STALE: "HTTP 503 from https://..."
     etag: str = ""  # validators to store with the bytes, for the next conditional request
+    last_modified: str = ""
+
+
+@dataclass(frozen=True)
+class Document:
+    """The codes data as fetched: from a file, a feed, or the feed's last good copy."""
+
+    label: str  # for messages: "codes.yaml" or the feed URL
+    text: str
+    origin: Origin
+    reason: str = ""
+    etag: str = ""
     last_modified: str = ""
 
 
@@ -291,3 +307,4 @@ class RunReport:
     publish: PublishResult
     timings: dict[str, float] = field(default_factory=dict)
     indexnow: PingResult | None = None  # None: not configured, or offline
+    content: Document | None = None

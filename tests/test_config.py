@@ -53,7 +53,7 @@ def test_all_problems_reported_at_once_with_lines(tmp_path: Path) -> None:
 
 def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
     found = problems(lambda: load_icon_map(write(tmp_path, "A: https://x.org/a.png\nB: [unclosed\nC: d\n")))
-    assert len(found) == 1 and found[0].startswith("icon_map.yaml:3:") and "fix the YAML syntax" in found[0]
+    assert len(found) == 1 and found[0].startswith("icon_map.yaml:3:") and "fix the syntax (YAML, or JSON)" in found[0]
 
 
 def test_option_out_of_range_says_the_range(tmp_path: Path) -> None:

@@ -222,6 +222,7 @@ def test_kill_9_at_each_checkpoint_keeps_serving_and_converges(served_site_dir: 
             code = f"KILL{n:02d}"
             codes.write_text(with_code(original, code, n), encoding="utf-8")
             before = live(site)
+            t0 = time.monotonic()
             killed = run_cli(site, "build", "--offline", env={"BUILDER_CRASH_AT": point})
             assert killed.returncode == -9, (point, killed.returncode, killed.stdout, killed.stderr)
             assert release_problems(dist / "current") == [], point
@@ -244,7 +245,8 @@ def test_kill_9_at_each_checkpoint_keeps_serving_and_converges(served_site_dir: 
             assert code in served(base).text, point
             assert not list(dist.glob(".staging-*")), (point, list(dist.glob(".staging-*")))
             assert not list(dist.glob(".current.*.tmp")), point
-            outcomes.append(f"{point}: {again.stdout.splitlines()[0].removeprefix('pipeline: ')}")
+            outcomes.append(f"{point}: killed, then {again.stdout.splitlines()[0].removeprefix('pipeline: ')} "
+                            f"({time.monotonic() - t0:.1f}s for both)")
         time.sleep(0.2)
     report = probe.report()
     print(f"\nkill -9 at {len(CHECKPOINTS)} checkpoints: probe {report['requests']} requests, "

@@ -1,0 +1,196 @@
+"""Stage 2 on hostile and odd images: hardened decode, normalisation, the per-icon choice."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageCms
+
+from pipeline.encode import decode, encode_icon, ssim
+from pipeline.errors import ImageError
+from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon
+
+from .conftest import REPO
+
+ICONS = sorted((REPO / "icons").glob("*.png"))
+
+
+def source(data: bytes, settings: EncodeSettings = EncodeSettings()) -> SourceIcon:
+    return SourceIcon(IconSpec("Test", "test", "https://example.org/t.png", "Test", settings, 1), data, Origin.LOCAL)
+
+
+def png_bytes(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 1, colour: int = 0) -> bytes:
+    """A PNG whose IHDR claims width x height; the pixel data is a little compressed zeros."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+
+
+# ---- decode: refusals -------------------------------------------------------------------------
+
+
+def test_truncated_image_is_refused() -> None:
+    data = ICONS[0].read_bytes()
+    with pytest.raises(ImageError, match=r"icon 'Test' \(https://example.org/t.png\): cannot be decoded .*truncated"):
+        decode(data[: len(data) * 2 // 3], "icon 'Test' (https://example.org/t.png)")
+
+
+def test_decompression_bomb_is_refused_before_decoding_pixels() -> None:
+    """20000 x 20000: refused from the header alone; the process stays small (measured in a child)."""
+    bomb = png_header_only(20000, 20000)
+    code = ("import sys, resource; from pipeline.encode import decode; from pipeline.errors import ImageError\n"
+            "try:\n    decode(sys.stdin.buffer.read(), 'bomb')\nexcept ImageError as e:\n    print(e)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], input=bomb, capture_output=True, check=True, cwd=REPO).stdout
+    message, peak_kb = out.decode().strip().rsplit("\n", 1)
+    assert "refused as a decompression bomb" in message
+    assert int(peak_kb) < 150_000  # the interpreter with Pillow and numpy; 400 MB if pixels were decoded
+
+
+def test_just_above_the_pixel_cap_is_refused_not_warned() -> None:
+    with pytest.raises(ImageError, match="refused as a decompression bomb"):
+        decode(png_header_only(4100, 4100), "big")  # 16.8 Mpx: between 1x and 2x the 16.7 Mpx cap
+
+
+def test_frame_bomb_is_refused_and_two_frames_use_the_first() -> None:
+    frames = [Image.new("P", (8, 8), i % 250) for i in range(500)]
+    for i, frame in enumerate(frames):
+        frame.putpixel((i % 8, (i // 8) % 8), (i + 7) % 250)  # distinct, so the writer keeps them all
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match="has 500 frames; at most 64"):
+        decode(buffer.getvalue(), "gif")
+    two = io.BytesIO()
+    red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    red.save(two, "GIF", save_all=True, append_images=[blue])
+    assert decode(two.getvalue(), "gif").getpixel((0, 0)) == (255, 0, 0, 255)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "EPS", "PDF", "BMP", "ICO"])
+def test_formats_outside_the_allow_list_are_refused(fmt: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, fmt)
+    with pytest.raises(ImageError, match=r"not an image in an allowed format \(PNG, JPEG, WEBP, GIF, AVIF\)"):
+        decode(buffer.getvalue(), "disguised")
+
+
+def test_psd_and_garbage_are_refused() -> None:
+    for data in (b"8BPS\x00\x01" + b"\x00" * 64, b"<html>not found</html>", b""):
+        with pytest.raises(ImageError):
+            decode(data, "garbage")
+
+
+# ---- decode: normalisation ----------------------------------------------------------------------
+
+
+def test_exif_orientation_is_applied_and_dropped() -> None:
+    image = Image.new("RGB", (40, 20), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif, quality=95)
+    encoded = encode_icon(source(buffer.getvalue()))
+    assert (encoded.width, encoded.height) == (20, 40)
+    for variant in encoded.variants:
+        out = Image.open(io.BytesIO(variant.data))
+        assert out.size == (20, 40)
+        assert not out.getexif() and "exif" not in out.info and "icc_profile" not in out.info
+
+
+def test_icc_profiles_are_converted_or_dropped_and_never_copied() -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for icc in (srgb, b"garbage that is not a profile" * 10):
+        data = png_bytes(Image.new("RGBA", (16, 16), (10, 200, 30, 255)), icc_profile=icc)
+        encoded = encode_icon(source(data))
+        png = encoded.variants[-1].data
+        assert b"iCCP" not in png
+        assert Image.open(io.BytesIO(png)).convert("RGBA").getpixel((3, 3)) == (10, 200, 30, 255)
+
+
+def test_cmyk_jpeg_becomes_rgba() -> None:
+    buffer = io.BytesIO()
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(buffer, "JPEG", quality=95)  # red in CMYK
+    red, green, blue, alpha = decode(buffer.getvalue(), "cmyk").getpixel((8, 8))
+    assert red > 200 and green < 60 and blue < 60 and alpha == 255
+
+
+def mode_zoo() -> dict[str, tuple[bytes, tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """mode -> (PNG bytes, expected RGBA at (0, 0), expected RGBA at (1, 0))."""
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255])
+    palette.putdata([0, 1])
+    la = Image.new("LA", (2, 1))
+    la.putdata([(100, 255), (50, 0)])
+    sixteen = Image.new("I;16", (2, 1))
+    sixteen.putdata([65535, 0])
+    one = Image.new("1", (2, 1))
+    one.putdata([255, 0])
+    rgba = Image.new("RGBA", (2, 1))
+    rgba.putdata([(1, 2, 3, 4), (250, 251, 252, 253)])
+    return {
+        "P+tRNS": (png_bytes(palette, transparency=1), (255, 0, 0, 255), (0, 0, 255, 0)),
+        "LA": (png_bytes(la), (100, 100, 100, 255), (50, 50, 50, 0)),
+        "I;16": (png_bytes(sixteen), (255, 255, 255, 255), (0, 0, 0, 255)),
+        "1": (png_bytes(one), (255, 255, 255, 255), (0, 0, 0, 255)),
+        "RGBA": (png_bytes(rgba), (1, 2, 3, 4), (250, 251, 252, 253)),
+    }
+
+
+@pytest.mark.parametrize("mode", list(mode_zoo()))
+def test_every_mode_becomes_rgba_with_the_right_alpha(mode: str) -> None:
+    data, first, second = mode_zoo()[mode]
+    image = decode(data, mode)
+    assert image.mode == "RGBA" and image.getpixel((0, 0)) == first and image.getpixel((1, 0)) == second
+
+
+# ---- encode: the per-icon choice ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ICONS, ids=[p.stem for p in ICONS])
+def test_every_output_keeps_the_quality_floor_and_the_png_never_grows(path: Path) -> None:
+    data = path.read_bytes()
+    encoded = encode_icon(source(data))
+    reference = decode(data, path.name)
+    formats = [v.format for v in encoded.variants]
+    assert formats[-1] == "png" and "webp" in formats or formats[0] == "avif"
+    for variant in encoded.variants:
+        decoded = Image.open(io.BytesIO(variant.data))
+        assert decoded.size == reference.size
+        assert ssim(reference, decoded) >= 0.98, (variant.format, variant.detail)
+    png = encoded.variants[-1]
+    assert len(png.data) <= len(data)
+    assert Image.open(io.BytesIO(png.data)).convert("RGBA").tobytes() == reference.tobytes()  # lossless
+    sizes = [len(v.data) for v in encoded.variants]
+    assert sizes == sorted(sizes)  # best first, and a <source> only where it beats the PNG
+
+
+def test_ssim_sees_alpha_errors_on_either_background() -> None:
+    opaque = Image.new("RGBA", (16, 16), (0, 0, 0, 255))
+    clear = Image.new("RGBA", (16, 16), (0, 0, 0, 0))  # black on black looks equal; on white it is not
+    assert ssim(opaque, opaque) == pytest.approx(1.0)
+    assert ssim(opaque, clear) < 0.5
+
+
+def test_lossless_only_and_no_avif_options() -> None:
+    data = ICONS[0].read_bytes()
+    encoded = encode_icon(source(data, EncodeSettings(avif=False, lossless_only=True)))
+    assert [v.format for v in encoded.variants] in (["webp", "png"], ["png"])
+    assert all(v.detail in ("lossless", "oxipng") for v in encoded.variants)
+
+
+def test_encoding_is_deterministic() -> None:
+    data = ICONS[1].read_bytes()
+    assert encode_icon(source(data)).variants == encode_icon(source(data)).variants

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
@@ -288,6 +288,15 @@ class _Handler(BaseHTTPRequestHandler):
     def redirect_ok(self) -> None:
         self._send(302, headers={"Location": "/ok.png"})
 
+    def redirect_to(self) -> None:
+        """302 to whatever `?to=` names (SSRF tests)."""
+        target = parse_qs(urlsplit(self.path).query).get("to", ["/ok.png"])[0]
+        self._send(302, headers={"Location": target})
+
+    def too_many(self) -> None:
+        """429 with a Retry-After no client should honour in full."""
+        self._send(429, b"slow down\n", {"Content-Type": "text/plain", "Retry-After": "999999"})
+
     def downgrade(self) -> None:
         """An absolute redirect to plain http on the same host and port (meant for the TLS server)."""
         self._send(302, headers={"Location": f"http://{self.headers['Host']}/ok.png"})
@@ -313,6 +322,8 @@ ROUTES = {
     "/loop": _Handler.loop,
     "/to-file": _Handler.to_file,
     "/redirect-ok": _Handler.redirect_ok,
+    "/redirect-to": _Handler.redirect_to,
+    "/429.png": _Handler.too_many,
     "/downgrade": _Handler.downgrade,
     "/gzip.png": _Handler.gzipped,
 }

@@ -341,3 +341,57 @@ def test_offline_without_a_copy_names_the_icon_and_url(origin, store) -> None:
         fetch_sources([present, absent], store, None, SETTINGS)
     assert raised.value.problems == (f"icon 'Absent': no copy in icons/ and --offline forbids fetching {absent.url}",)
     assert origin.count() == 0
+
+
+# ---- faults.md rows 2, 11, 16, 20 -------------------------------------------------------------------
+
+
+def test_untrusted_certificate_is_refused_by_the_production_client(tmp_path: Path, store) -> None:
+    """Row 20: verification is never turned off; the last good copy is used instead."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI to make a test certificate")
+    server_context, _trusting = self_signed(tmp_path)
+    with serve(tls=server_context) as origin, make_client(SETTINGS) as production:
+        icon = spec(origin.url("/ok.png"))
+        seed(store, icon)
+        source, _ = fetch_one(icon, store, production)
+    assert source.origin is Origin.STALE and "CERTIFICATE_VERIFY_FAILED" in source.reason
+
+
+def test_tls_handshake_that_never_completes_times_out_at_connect(store) -> None:
+    """Row 2: a TCP server that accepts and says nothing, behind an https:// URL."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        icon = spec(f"https://127.0.0.1:{listener.getsockname()[1]}/icon.png")
+        seed(store, icon)
+        source, elapsed = fetch_one(icon, store, make_client(SETTINGS))
+    assert source.origin is Origin.STALE and source.reason == f"timed out connecting to {icon.url}"
+    assert elapsed <= 2 * TIMEOUT + SLACK  # one transport retry at most
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.2:9/x.png", "http://[::1]:9/x.png",
+                                    "http://169.254.169.254/latest/meta-data", "http://localhost:9/x.png"])
+def test_redirect_to_a_private_address_is_refused_before_connecting(origin, client, store, target) -> None:
+    """Row 11: with allow_private off, each hop's host is resolved and checked before any packet.
+    The origin itself stands for a public host here: the resolver seam says so, while the
+    connection still goes to 127.0.0.1."""
+    def resolve(host: str, port: int) -> list[str]:
+        return ["8.8.8.8"] if host == "127.0.0.1" else [i[4][0] for i in socket.getaddrinfo(host, port)]
+
+    icon = spec(origin.url("/redirect-to") + "?to=" + target)
+    seed(store, icon)
+    settings = replace(SETTINGS, allow_private=False)
+    [source] = fetch_sources([icon], store, client, settings, resolve=resolve)
+    assert source.origin is Origin.STALE
+    assert "resolves to the non-public address" in source.reason and target in source.reason, source.reason
+    assert [r.path for r in origin.requests()] == ["/redirect-to"], source.reason
+
+
+def test_429_with_a_huge_retry_after_does_not_hold_the_run(origin, client, store) -> None:
+    """Row 16: no waiting on Retry-After inside a build; the last good copy, and the next run asks again."""
+    icon = spec(origin.url("/429.png"))
+    seed(store, icon)
+    source, elapsed = fetch_one(icon, store, client)
+    assert source.origin is Origin.STALE and source.reason == f"HTTP 429 from {icon.url}"
+    assert elapsed < 1.0

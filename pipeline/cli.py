@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .model import RunReport
 
 CRASH_ENV = "BUILDER_CRASH_AT"  # test-only: kill -9 ourselves at a named checkpoint
+EX_IOERR = 74  # sysexits: an I/O error outside publishing (icons/, .cache/)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as error:
         print(f"pipeline: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # outside publish: icons/ or .cache/ could not be written
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"pipeline: error: {error.strerror or error}{where}; nothing was published; free space or fix "
+              "permissions, then run again", file=sys.stderr)
+        return EX_IOERR
     except BaseException:
         if not stop.requested:
             raise

@@ -57,6 +57,16 @@ def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now:
             checkpoint: Checkpoint = lambda name: None, required: tuple[str, ...] = ("index.html",)) -> PublishResult:
     """Make `files` (release-relative path -> bytes) the live site, unless it already is.
     `required`: paths the release must hold (the gate refuses it otherwise)."""
+    try:
+        return _publish(dist, files, settings, now, checkpoint, required)
+    except OSError as error:  # disk full, out of inodes, read-only, permissions
+        where = f" ({error.filename})" if error.filename else ""
+        raise PublishError(f"cannot write the new release under {dist}: {error.strerror or error}{where}; "
+                           "the live site is unchanged; free space or fix permissions, then run again") from None
+
+
+def _publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now: float,
+             checkpoint: Checkpoint, required: tuple[str, ...]) -> PublishResult:
     releases = dist / "releases"
     for directory in (dist, releases):  # served by an unprivileged nginx whatever our umask
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,24 +84,28 @@ def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now:
     retained = _retained_assets(records, settings, now)
     staging = dist / f".staging-{os.getpid()}"
     live_dir = releases / live if live else None
+    record = Record(name, seq, now, built, sorted(p for p in built if p.startswith("assets/")))
     try:
         written, byte_count = _write_release(staging, files, built, live_dir, live_record, retained, checkpoint)
         check_release(staging, required)
         _fsync_tree(staging)
+        checkpoint("before_stage_rename")
+        _write_json(releases / f"{name}.json", record.__dict__)
+        os.rename(staging, releases / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave half a release behind
+        (releases / f"{name}.json").unlink(missing_ok=True)
         raise
-    record = Record(name, seq, now, built, sorted(p for p in built if p.startswith("assets/")))
-    checkpoint("before_stage_rename")
-    _write_json(releases / f"{name}.json", record.__dict__)
-    os.rename(staging, releases / name)
     _fsync_dir(releases)
     checkpoint("after_stage_rename")
     checkpoint("before_switch")
     switch(dist, f"releases/{name}")
     checkpoint("after_switch")
     changed = changed_pages(live_dir, live_record.built if live_record else {}, files)
-    removed = collect_garbage(dist, [*records, record], settings, now)
+    try:
+        removed = collect_garbage(dist, [*records, record], settings, now)
+    except OSError:
+        removed = ()  # the switch is done; whatever is left over, the next run collects
     return PublishResult(True, name, changed, written, byte_count, removed)
 
 

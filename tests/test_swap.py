@@ -32,6 +32,9 @@ ICON_EVERY = 5
 CHECKPOINTS = ("after_config", "after_fetch", "after_encode", "after_render", "mid_write",
                "before_stage_rename", "after_stage_rename", "before_switch", "after_switch")
 ARTIFACTS = REPO / "test-artifacts"
+# Seconds each probe thread rests between rounds (a round is / + its ~30 assets + /codes.json):
+# still hundreds of requests a second, and it leaves the builds most of a core on 2 cores.
+PROBE_PAUSE = 0.02
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ def test_swap_under_load_no_errors_and_old_pages_keep_their_assets(served_site_d
     original = codes.read_text(encoding="utf-8")
     icons = sorted((site / "icons").glob("*.png"))
     builds: list[dict] = []
-    with Probe(base, threads=2) as probe:
+    with Probe(base, threads=2, pause=PROBE_PAUSE) as probe:
         probe.wait_for_requests(50)
         for i in range(1, SWAPS + 1):
             code = f"SWAP{i:03d}"
@@ -216,7 +219,7 @@ def test_kill_9_at_each_checkpoint_keeps_serving_and_converges(served_site_dir: 
     codes = site / "codes.yaml"
     original = codes.read_text(encoding="utf-8")
     outcomes = []
-    with Probe(base, threads=2) as probe:
+    with Probe(base, threads=2, pause=PROBE_PAUSE) as probe:
         probe.wait_for_requests(50)
         for n, point in enumerate(CHECKPOINTS, 1):
             code = f"KILL{n:02d}"
@@ -272,7 +275,7 @@ def test_two_builds_at_once_one_runs_the_other_exits_75_naming_its_pid(served_si
     lock = site / ".cache" / "pipeline.lock"
     command = [sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site)]
     popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    with Probe(base, threads=2) as probe:
+    with Probe(base, threads=2, pause=PROBE_PAUSE) as probe:
         first = subprocess.Popen([*command, "--jobs", "1"], **popen)
         try:
             deadline = time.monotonic() + 20

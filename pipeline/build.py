@@ -94,6 +94,8 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     request.checkpoint("after_render")
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
+        if encoded:  # the first icon in icon_map.yaml doubles as the site's icon
+            files["favicon.ico"] = encode.favicon(encoded[0].variants[-1].data)
         required = ("index.html",)
         if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
             files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()

@@ -16,13 +16,16 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
 import oxipng
 from PIL import Image, ImageCms, ImageOps, features
 
 from .errors import ImageError
 from .model import EncodedIcon, EncodeSettings, SourceIcon, Variant
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Bump when the bytes this module produces for the same input and settings change.
 ENCODER_VERSION = "1"
@@ -109,6 +112,8 @@ def _to_srgb_rgba(image: Image.Image) -> Image.Image:
 def ssim(reference: Image.Image, candidate: Image.Image) -> float:
     """Worst SSIM of the two RGBA images composited over black and over white, so alpha errors
     count. Mean SSIM over R, G, B with a 7x7 uniform window (the scikit-image default)."""
+    import numpy as np  # here, not at the top: a run that encodes nothing need not pay ~45 ms for it
+
     ref = np.asarray(reference, dtype=np.float64) / 255.0
     out = np.asarray(candidate.convert("RGBA"), dtype=np.float64) / 255.0
     scores = []
@@ -119,7 +124,7 @@ def ssim(reference: Image.Image, candidate: Image.Image) -> float:
     return min(scores)
 
 
-def _ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
+def _ssim(a: "np.ndarray", b: "np.ndarray", window: int = 7) -> float:
     if min(a.shape[:2]) < window:
         window = min(a.shape[:2]) | 1 if min(a.shape[:2]) > 1 else 1
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -134,8 +139,10 @@ def _ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
     return float(s.mean())
 
 
-def _box(x: np.ndarray, w: int) -> np.ndarray:
+def _box(x: "np.ndarray", w: int) -> "np.ndarray":
     """Mean over every w x w window ('valid' positions), via an integral image."""
+    import numpy as np
+
     s = np.pad(x, ((1, 0), (1, 0), (0, 0))).cumsum(0).cumsum(1)
     return (s[w:, w:] - s[:-w, w:] - s[w:, :-w] + s[:-w, :-w]) / (w * w)
 
@@ -209,6 +216,11 @@ def encode_png(image: Image.Image, source: bytes, level: int) -> Variant:
         except (oxipng.PngError, OSError, ValueError):
             pass
     return Variant("png", min(candidates, key=len), "oxipng", 1.0)
+
+
+def favicon(png: bytes) -> bytes:
+    """/favicon.ico from an icon's PNG fallback: browsers ask for it whether a page links one or not."""
+    return _save(Image.open(io.BytesIO(png)).convert("RGBA"), "ICO", sizes=[(16, 16), (32, 32), (48, 48)])
 
 
 def _save(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -61,9 +61,9 @@ WEIGHT_BUDGET = 64_000       # bytes on the wire for the whole page; it is ~20 k
 MEDIA_TYPES = {".avif": "image/avif", ".webp": "image/webp", ".png": "image/png", ".css": "text/css",
                ".html": "text/html", "/": "text/html"}
 SOURCE_TAG = re.compile(r"<source\b[^>]*>", re.IGNORECASE)
-# Chromium asks for /favicon.ico by itself when a page links no icon; the default site links none,
-# so that request 404s. It is not a resource the page names, so it is not a Problem; it is reported
-# as a note (and in the terminal summary) instead.
+# Chromium asks for /favicon.ico by itself (the build writes one from the first icon). It is not a
+# resource the page names, so it is kept out of the problems and the page weight; anything odd
+# about it is reported as a note (and in the terminal summary) instead.
 FAVICON = "/favicon.ico"
 
 

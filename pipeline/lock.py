@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
+from typing import TextIO
 from pathlib import Path
 
 from .errors import LockedError
@@ -20,11 +22,23 @@ def exclusive(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise LockedError(f"another build is running (pid {holder}); try again when it ends") from None
+            raise LockedError(f"another build is running (pid {_holder(handle)}); try again when it ends") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        yield
+        try:
+            yield
+        finally:
+            handle.truncate(0)  # no stale pid for the next loser to name
+
+
+def _holder(handle: TextIO) -> str:
+    """The holder writes its pid just after it takes the lock: give it a moment to appear."""
+    for _ in range(50):
+        handle.seek(0)
+        pid = handle.read().strip()
+        if pid:
+            return pid
+        time.sleep(0.01)
+    return "unknown"

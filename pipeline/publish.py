@@ -72,8 +72,9 @@ def _publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o755)
     remove_staging(dist)
-    records = load_records(releases)
     live = live_release(dist)
+    remove_never_live(releases, live)
+    records = load_records(releases)
     live_record = next((r for r in records if r.name == live), None)
     built = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
     if live_record and live_record.built == built and (releases / live).is_dir():
@@ -81,7 +82,7 @@ def _publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now
 
     seq = max((int(m.group(1)) for p in releases.iterdir() if (m := RELEASE.match(p.name.removesuffix(".json")))), default=0) + 1
     name = f"r{seq:06d}"
-    retained = _retained_assets(records, settings, now)
+    retained = _retained_assets(records, settings, now) | set(live_record.assets if live_record else ())
     staging = dist / f".staging-{os.getpid()}"
     live_dir = releases / live if live else None
     record = Record(name, seq, now, built, sorted(p for p in built if p.startswith("assets/")))
@@ -261,6 +262,19 @@ def collect_garbage(dist: Path, records: list[Record], settings: PublishSettings
             else:
                 entry.unlink()
     return tuple(removed)
+
+
+def remove_never_live(releases: Path, live: str | None) -> None:
+    """Releases numbered after the live one were renamed into place by a run that died (or was
+    stopped) before its switch: never served, so nothing can need them, and they must not count
+    among the last K that retention keeps. Safe: the caller holds the lock."""
+    live_seq = int(RELEASE.match(live).group(1)) if live and RELEASE.match(live) else None
+    if live_seq is None:
+        return
+    for entry in releases.iterdir():
+        match = RELEASE.match(entry.name.removesuffix(".json"))
+        if match and int(match.group(1)) > live_seq:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def remove_staging(dist: Path) -> None:

@@ -6,7 +6,9 @@
     assert probe.clean, report
 
 Each probe thread owns one httpx.Client (short timeouts, no redirects, no proxies from the
-environment) and loops until the stop Event is set:
+environment) and loops until the stop Event is set. Even-numbered threads accept gzip (nginx then
+sends the prebuilt .gz files, gzip_static), odd ones ask for identity, so both copies of every
+page are read while they are swapped:
 
   1. GET /            -> 200, ends with </html> (else "torn"), has <meta name="build" content=...>
   2. GET every local URL the page names (src, srcset candidates, href) -> 200 (404 = "missing")
@@ -120,7 +122,7 @@ class Probe:
     def start(self) -> Probe:
         self.started = time.monotonic()
         for n in range(self.threads_wanted):
-            thread = threading.Thread(target=self._run, name=f"probe-{n}", daemon=True)
+            thread = threading.Thread(target=self._run, args=(n,), name=f"probe-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
@@ -178,12 +180,13 @@ class Probe:
 
     # ---- the loop ------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, number: int) -> None:
         try:
             timeout = httpx.Timeout(self.timeout)
             limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+            headers = {"Accept-Encoding": "gzip" if number % 2 == 0 else "identity"}
             with httpx.Client(base_url=self.base, timeout=timeout, limits=limits, trust_env=False,
-                              follow_redirects=False) as client:
+                              follow_redirects=False, headers=headers) as client:
                 while not self.stop_event.is_set():
                     self._round(client)
                     if self.pause:

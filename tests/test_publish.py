@@ -116,3 +116,23 @@ def test_only_visible_changes_count_as_page_changes(tmp_path: Path) -> None:
     assert edited.changed_pages == ("index.html",)
     assert visible(b'<meta name="build" content="abc"><link href="/assets/s.0123456789.css" integrity="sha384-x">') == \
         b'<meta name="build" content=""><link href="/assets/s.css" integrity="">'
+
+
+def test_releases_that_never_went_live_do_not_push_out_the_live_ones_assets(tmp_path: Path) -> None:
+    """A run killed between its rename and its switch leaves a release that was never served;
+    five of them must not make retention forget what the live release's pages name."""
+    dist = tmp_path / "dist"
+    short = PublishSettings(keep_releases=2, retention_hours=0.0)
+    live = publish(dist, site_files("v1", "a.1111.png"), short, now=1.0)
+
+    def die_before_switch(name: str) -> None:
+        if name == "before_switch":
+            raise KeyboardInterrupt
+
+    for n in range(5):
+        with pytest.raises(KeyboardInterrupt):
+            publish(dist, site_files(f"orphan{n}", f"o.{n}.png"), short, now=2.0 + n, checkpoint=die_before_switch)
+    assert live_release(dist) == live.release
+    after = publish(dist, site_files("v2", "a.2222.png"), short, now=10.0)
+    assert (dist / "current/assets/a.1111.png").is_file()  # the page served until now still works
+    assert sorted(p.name for p in (dist / "releases").iterdir() if p.is_dir()) == [live.release, after.release]

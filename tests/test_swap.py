@@ -1,5 +1,6 @@
 """The atomic swap under load, kill -9 at every checkpoint, and two builds at once, all while the
-real nginx serves the site and a probe (tests/probe.py) fetches pages and every asset they name.
+real nginx serves the site and a probe (tests/probe.py) fetches pages and every asset they name;
+and a check that the probe does count missing assets, torn pages and pages without a build id.
 
 Numbers (swaps, probe requests, errors) are printed, so `pytest -s` shows them, and the swap test
 writes them to test-artifacts/swap-under-load.json at the repo root.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,10 +115,7 @@ def assert_probe_clean(probe: Probe, where: str) -> None:
 
 
 def write_artifact(name: str, data: dict) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    ignore = ARTIFACTS / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# test output, never committed\n*\n")
+    ARTIFACTS.mkdir(exist_ok=True)  # gitignored
     path = ARTIFACTS / name
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return path
@@ -269,26 +268,34 @@ def test_two_builds_at_once_one_runs_the_other_exits_75_naming_its_pid(served_si
     base = nginx_server(site)
     codes = site / "codes.yaml"
     codes.write_text(with_code(codes.read_text(encoding="utf-8"), "TWOBUILDS", 2), encoding="utf-8")
-    # The first build is made slow (a cold encode cache, one encode process: ~4 s of encoding)
-    # and the second is started once the lock file names the first: it must lose, every time.
+    # The first build is slow (a cold encode cache, one encode process: seconds of encoding) and
+    # the second starts once the lock file names the first, while the first is paused: it must
+    # lose, every time, and name the first one's pid.
     shutil.rmtree(site / ".cache" / "encode")
     lock = site / ".cache" / "pipeline.lock"
     command = [sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site)]
     popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     with Probe(base, threads=2, pause=PROBE_PAUSE) as probe:
         first = subprocess.Popen([*command, "--jobs", "1"], **popen)
+        second = None
         try:
             deadline = time.monotonic() + 20
             while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
                 assert first.poll() is None, ("the first build ended before taking the lock", first.communicate())
                 assert time.monotonic() < deadline, "the first build did not take the lock within 20 s"
                 time.sleep(0.005)
-            second = subprocess.Popen(command, **popen)
-            out2, err2 = second.communicate(timeout=60)
-            first_still_running = first.poll() is None
+            # The first holds the lock now. Pause it (SIGSTOP keeps the lock: the open file stays)
+            # so that it cannot finish before the second one has tried, however slow the machine.
+            os.kill(first.pid, signal.SIGSTOP)
+            try:
+                second = subprocess.Popen(command, **popen)
+                out2, err2 = second.communicate(timeout=60)
+                first_still_running = first.poll() is None
+            finally:
+                os.kill(first.pid, signal.SIGCONT)
             out1, err1 = first.communicate(timeout=120)
         finally:
-            for process in (first, locals().get("second")):
+            for process in (first, second):
                 if process is not None and process.poll() is None:
                     process.kill()
                     process.wait(5)
@@ -303,3 +310,35 @@ def test_two_builds_at_once_one_runs_the_other_exits_75_naming_its_pid(served_si
     assert out2 == "" and "Traceback" not in err2
     assert "TWOBUILDS" in served(base).text
     assert_probe_clean(probe, "two builds at once")
+
+
+# ---- the probe itself --------------------------------------------------------------------------
+
+
+def test_probe_reports_missing_assets_torn_pages_and_missing_build_ids(served_site_dir: Path, nginx_server) -> None:  # noqa: F811
+    """The checks above are only as good as the probe: break a live release by hand and see it
+    count every kind of error (both the gzip and the identity thread read the broken files)."""
+    site = served_site_dir
+    assert run_cli(site, "build", "--offline").returncode == 0
+    base = nginx_server(site)
+    current = site / "dist" / "current"
+    html = (current / "index.html").read_text(encoding="utf-8")
+    gone = asset_urls(html)[0]
+    (current / gone.lstrip("/")).unlink()
+    for name in ("index.html.gz", "codes.json.gz"):
+        (current / name).unlink(missing_ok=True)
+    cut = html.index('<meta name="build"')
+    torn = html[:cut] + html[html.index(">", cut) + 1:]  # no build id ...
+    (current / "index.html").write_text(torn[: len(torn) * 3 // 4], encoding="utf-8")  # ... and cut short
+    codes_json = (current / "codes.json").read_bytes()
+    (current / "codes.json").write_bytes(codes_json[: len(codes_json) // 2])
+    with Probe(base, threads=2) as probe:
+        probe.wait_for_requests(200)
+    report = probe.report()
+    print(f"\nprobe self-check: {report['requests']} requests, missing {report['missing_assets']}, "
+          f"torn {report['torn']}, no build meta {report['no_build_meta']}, non-200 {report['non_200']}")
+    assert report["missing_assets"] > 0 and any(gone in m for m in report["examples"]["missing_assets"]), report
+    assert report["torn"] > 0 and report["no_build_meta"] > 0, report
+    assert any(t.startswith("/codes.json") for t in report["examples"]["torn"]), report
+    assert any(t.startswith("/:") for t in report["examples"]["torn"]), report
+    assert report["transport_errors"] == 0 and not probe.clean

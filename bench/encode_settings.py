@@ -27,7 +27,8 @@ Strategies (every one runs on the same decoded pixels; times exclude decoding ex
 Usage (times on 2 cores):
   python bench/encode_settings.py --quick          # default icons only, ~5 s
   python bench/encode_settings.py                  # + npm corpus (400 icons) if npm works, ~2.5 min
-  python bench/encode_settings.py --sweep          # + the q-grid replay on 211 icons, ~6 min
+  python bench/encode_settings.py --sweep          # + the q-grid replay on 211 icons, ~6 min idle
+                                                   # (11 min with load average ~7)
   python bench/encode_settings.py --corpus npm --limit 400 --jobs 2
 
 Writes bench/results/encode_settings.json (per-icon records and the summaries printed).
@@ -484,7 +485,8 @@ def print_sweep(rep: dict) -> None:
         lp = g["lowest_passing_q"]
         print(f"    {fmt} lossy grid: never >= {FLOOR} at any q: {g['never_passes_q0_100']} (at q<=98: "
               f"{g['never_passes_below_q99']}); passes at q0: {g['passes_at_q0']}; non-monotone in q: "
-              f"{g['non_monotone']}; lowest passing q p10/median/p90 {lp['p10']}/{lp['median']}/{lp['p90']}; "
+              f"{g['non_monotone']}; lowest passing q p10/median/p90 "
+              f"{'/'.join('-' if lp[k] is None else f'{lp[k]:.0f}' for k in ('p10', 'median', 'p90'))}; "
               f"median encode {g['median_encode_ms']:.1f} ms")
     for fmt in ("avif", "webp"):
         x = rep.get(f"slower_{fmt}")

@@ -1,24 +1,47 @@
-"""How fast the real nginx serves the built site with deploy/nginx.conf, gzip_static on and off.
+"""How fast the real nginx serves the built site, against the Flask set-up this project replaces.
 
-Builds the default site (offline) into a temp copy, serves its dist/current with /usr/sbin/nginx
-and the shipped server block (through tests/nginx.py: the same generated main config the tests
-use, everything in a private temp prefix; for the benchmark only `access_log off`,
-`worker_connections 1024` and `worker_processes` from --workers, default 1, differ; the server
-block is untouched), then runs wrk on 127.0.0.1 against one path, alternating two variants,
---repeat times each:
+Builds the default site (offline) into a temp copy and starts three stacks on 127.0.0.1, all at
+once (idle servers cost no CPU), so every number comes from the same run:
 
-  gzip   -H 'Accept-Encoding: gzip'  -> nginx sends the prebuilt index.html.gz (gzip_static)
-  plain  no Accept-Encoding          -> nginx sends index.html
+  ours      /usr/sbin/nginx with the shipped server block (deploy/nginx.conf) serving dist/current
+            through tests/nginx.py's generated main config; for the benchmark only `access_log
+            off`, `worker_connections 1024` and `worker_processes` (--workers, default 1) differ.
+            gzip_static on: a gzip request gets the prebuilt index.html.gz (gzip -9).
+  fly       the same, with the block's `gzip off; gzip_static on;` turned into `gzip on;
+            gzip_static off;`: every gzip response compressed on the fly (gzip_comp_level 1 as
+            nginx and Debian ship it; --gzip-level). Why the build precompresses.
+  baseline  Flask + gunicorn + nginx: bench/baseline/app.py renders the same index.html with the
+            repo's Jinja2 templates and the same data on every request (load the config and
+            content with pipeline.config, the SiteView as pipeline/build.py builds it, icons at
+            the built release's hashed URLs), under gunicorn (bench/baseline/gunicorn.conf.py:
+            sync workers, 2 x cores + 1, on 127.0.0.1) behind an nginx proxy with `gzip on`
+            for text/html, the typical set-up. The bench checks that the page is the same: the
+            baseline's response, minified, must equal the built index.html byte for byte.
 
-and prints the median requests/s and transfer/s of each, and gzip/plain ratios. It also reports
-nginx's resident memory (VmRSS of the master + its workers, from /proc) before and after the load,
-and what one response of each variant looks like (status, Content-Encoding, bytes).
+then runs wrk on 127.0.0.1 against one path, in two variants,
 
-Bounded: wrk runs with -d and a subprocess timeout of duration + 30 s; nginx is stopped by PID
-(SIGTERM, a bounded wait, then SIGKILL to its process group) in a finally block; the temp site and
-prefix are removed.
+  gzip   -H 'Accept-Encoding: gzip'  (browser-like)
+  plain  no Accept-Encoding
 
-Usage (2 cores: about 40 s with the defaults, a warm encode cache in the repo's .cache/ is reused):
+--repeat times each, interleaved (ours gzip, ours plain, baseline gzip, baseline plain, fly gzip,
+then again), and prints the median requests/s and transfer/s of each, the ratios ours/baseline
+per variant (the target: >= 200x with gzip) and fly/baseline, and the resident memory of each
+stack's processes (VmRSS and PSS of nginx master + workers, gunicorn master + workers, from
+/proc) idle and after the load. wrk shares the cores with the servers (and so does anything else
+running), so two more columns say how far that moved the numbers: the ratio of the two runs of
+the same round (seconds apart) as a median over rounds, and the CPU the stack's own processes
+spent per request (utime + stime from /proc over the run, divided by the requests), which
+contention hardly changes. The load average before and after is printed and recorded.
+
+Bounded: wrk runs with -d (default 5s) and a subprocess timeout of duration + 30 s; every server
+is stopped by PID (SIGTERM to the master, a bounded wait, then SIGKILL to its process group) in a
+finally block; the temp site and prefixes are removed.
+
+Needs, besides nginx and wrk: Flask and gunicorn (bench-only; `pip install flask gunicorn`), or
+--no-baseline for the nginx rows alone.
+
+Usage (2 cores: about 2 minutes with the defaults, a warm encode cache in the repo's .cache/
+is reused):
   python bench/serve.py
   python bench/serve.py --duration 10s --connections 64 --repeat 5 --workers 2
 
@@ -28,8 +51,11 @@ Writes bench/results/serve.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -50,9 +76,14 @@ from tests import nginx as harness  # noqa: E402
 from tests.conftest import copy_default_site  # noqa: E402
 
 RESULTS = HERE / "results" / "serve.json"
+BASELINE = HERE / "baseline"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 VARIANTS = {"gzip": ["-H", "Accept-Encoding: gzip"], "plain": []}
+HEADERS = {"gzip": {"Accept-Encoding": "gzip"}, "plain": {}}
 UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+TARGET = 200.0  # ours / baseline req/s with gzip, from the issue
+STACKS = {"ours": "ours (nginx, gzip_static)", "baseline": "baseline (Flask+gunicorn+nginx)",
+          "fly": "ours, gzip on the fly"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     if not ok or not os.access(WRK, os.X_OK):
         print(f"serve bench: cannot run: {reason or f'wrk not found ({WRK})'}", file=sys.stderr)
         return 69
+    if not args.no_baseline:
+        missing = [name for name in ("flask", "gunicorn") if importlib.util.find_spec(name) is None]
+        if missing:
+            print(f"serve bench: the baseline needs {' and '.join(missing)} (bench-only): "
+                  f"pip install {' '.join(missing)}, or run with --no-baseline", file=sys.stderr)
+            return 69
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
@@ -77,13 +114,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", "-d", default="5s", help="wrk duration per run, e.g. 5s (default)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the median is reported (default 3)")
     parser.add_argument("--path", default="/", help="the URL path to load (default /)")
-    parser.add_argument("--workers", type=int, default=1, help="nginx worker_processes (default 1, as the tests)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker_processes of every nginx (ours, fly, the baseline's proxy); default 1, as the tests")
+    parser.add_argument("--gunicorn-workers", type=int, default=0,
+                        help="baseline gunicorn sync workers (default 2 x cores + 1)")
+    parser.add_argument("--gzip-level", type=int, default=1, choices=range(1, 10), metavar="1-9",
+                        help="gzip_comp_level of the on-the-fly gzip (fly and the baseline's proxy); default 1, nginx's own")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the Flask baseline (no Flask/gunicorn needed)")
+    parser.add_argument("--no-fly", action="store_true", help="skip the on-the-fly gzip run of our nginx")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"\d+(\.\d+)?[smh]?", args.duration):
         parser.error(f"--duration {args.duration!r}: use e.g. 5s, 30s or 1m")
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads (wrk needs one per thread)")
+    args.gunicorn_workers = args.gunicorn_workers or 2 * (os.cpu_count() or 1) + 1
     return args
 
 
@@ -109,14 +154,107 @@ def build_site(target: Path) -> Path:
     return target
 
 
+# ---- processes -----------------------------------------------------------------------------------
+
+
+def process_tree(master: int) -> list[int]:
+    """The master and its direct children (nginx and gunicorn workers are exactly that)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == master:  # field 4: ppid
+                children.append(int(entry.name))
+    return [master, *sorted(children)]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes so far (/proc/PID/stat fields 14 and 15)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pids: list[int]) -> dict[str, object]:
+    """VmRSS per process, and totals of RSS and PSS (PSS splits pages shared between a master and
+    its forked workers, so its total is what the stack really holds)."""
+    rss, pss = {}, 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+            if found:
+                rss[str(pid)] = int(found.group(1))
+        with contextlib.suppress(OSError):
+            found = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.MULTILINE)
+            if found:
+                pss += int(found.group(1))
+    return {"rss": rss, "rss_total": sum(rss.values()), "pss_total": pss, "processes": len(rss)}
+
+
+def stop_by_pid(process: subprocess.Popen) -> None:
+    """SIGTERM the master, a bounded wait, then SIGKILL its process group (it leads a new session)."""
+    harness.stop(process)
+
+
+def wait_until_answering(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not harness._answers(port):  # noqa: SLF001 - the harness's own readiness check
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"serve bench: {what} did not answer on 127.0.0.1:{port}\n{tail}")
+        time.sleep(0.02)
+
+
 # ---- nginx ---------------------------------------------------------------------------------------
 
 
-class Nginx:
-    """The harness's config, started here so the master's PID is known (for RSS and the stop)."""
+def shipped_block(port: int, site: Path) -> str:
+    return harness.server_block(f"127.0.0.1:{port}", site / "dist" / "current")
 
-    def __init__(self, site: Path, workers: int) -> None:
+
+def on_the_fly_block(port: int, site: Path, level: int) -> str:
+    """The shipped block with precompression swapped for nginx's on-the-fly gzip."""
+    text = shipped_block(port, site)
+    for old, new in ((r"^(\s*)gzip off;", rf"\1gzip on; gzip_comp_level {level};"), (r"^(\s*)gzip_static on;", r"\1gzip_static off;")):
+        text, count = re.subn(old, new, text, flags=re.MULTILINE)
+        if count != 1:
+            raise SystemExit(f"serve bench: deploy/nginx.conf must have exactly one line matching {old!r} (has {count})")
+    return text
+
+
+def proxy_block(port: int, upstream: int, level: int) -> str:
+    """A minimal reverse proxy in front of gunicorn, as the usual Flask deployment guides have it."""
+    return f"""\
+server {{
+    listen 127.0.0.1:{port};
+    server_name _;
+    server_tokens off;
+    gzip on;                      # text/html only (gzip_types' default), as Debian's nginx.conf
+    gzip_comp_level {level};
+    gzip_vary on;
+    location / {{
+        proxy_pass http://127.0.0.1:{upstream};
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+}}
+"""
+
+
+class Nginx:
+    """The harness's main config around a server block, started here so the master's PID is
+    known (for memory and the stop). `block(port)` gives the server block text."""
+
+    def __init__(self, site: Path, workers: int, block=None) -> None:
         self.site, self.workers = site, workers
+        self.block = block or (lambda port: shipped_block(port, site))
         self.prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -124,8 +262,7 @@ class Nginx:
     def __enter__(self) -> Nginx:
         harness.open_path_to(self.site)
         self.port = harness.free_port()
-        server = harness.server_block(f"127.0.0.1:{self.port}", self.site / "dist" / "current")
-        conf = harness.write_configs(self.prefix, server)
+        conf = harness.write_configs(self.prefix, self.block(self.port))
         text = conf.read_text(encoding="utf-8")
         text = text.replace("worker_processes 1;", f"worker_processes {self.workers};")
         text = text.replace(f"access_log {self.prefix / 'access.log'};", "access_log off;")  # no disk I/O per request
@@ -134,59 +271,72 @@ class Nginx:
         self.process = subprocess.Popen(
             [harness.nginx_binary(), "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.prefix / "error.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + harness.START_TIMEOUT
-        while not harness._answers(self.port):  # noqa: SLF001 - the harness's own readiness check
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.prefix / "error.log").read_text(errors="replace")[-2000:] if (self.prefix / "error.log").exists() else ""
-                self.__exit__(None, None, None)
-                raise SystemExit(f"serve bench: nginx did not start on 127.0.0.1:{self.port}\n{log}")
-            time.sleep(0.02)
+        try:
+            wait_until_answering(self.port, self.process, "nginx", self.prefix / "error.log", harness.START_TIMEOUT)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self.process is not None:
-            harness.stop(self.process)  # by PID: SIGTERM, bounded wait, SIGKILL to its group
+            stop_by_pid(self.process)
         shutil.rmtree(self.prefix, ignore_errors=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def pids(self) -> list[int]:
         assert self.process is not None
-        master = self.process.pid
-        children = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == master:  # field 4: ppid
-                    children.append(int(entry.name))
-        return [master, *sorted(children)]
-
-    def rss_kib(self) -> dict[str, int]:
-        out = {}
-        for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-            if found:
-                out[str(pid)] = int(found.group(1))
-        return out
+        return process_tree(self.process.pid)
 
 
-def sample(nginx: Nginx, path: str, headers: dict[str, str]) -> dict[str, object]:
-    conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=5)
+class Gunicorn:
+    """bench/baseline/app.py under gunicorn with bench/baseline/gunicorn.conf.py."""
+
+    START_TIMEOUT = 30.0
+
+    def __init__(self, site: Path, workers: int) -> None:
+        self.site, self.workers = site, workers
+        self.prefix = Path(tempfile.mkdtemp(prefix="bench-gunicorn-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log = self.prefix / "gunicorn.log"
+
+    def __enter__(self) -> Gunicorn:
+        self.port = harness.free_port()
+        env = {**os.environ, "BASELINE_SITE": str(self.site), "BASELINE_BIND": f"127.0.0.1:{self.port}",
+               "BASELINE_WORKERS": str(self.workers)}
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(BASELINE / "gunicorn.conf.py")],
+                cwd=BASELINE, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        try:
+            wait_until_answering(self.port, self.process, "gunicorn", self.log, self.START_TIMEOUT)
+            deadline = time.monotonic() + self.START_TIMEOUT  # every worker forked, not only the first
+            while len(self.pids()) < 1 + self.workers and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None:
+            stop_by_pid(self.process)  # SIGTERM is gunicorn's graceful stop (graceful_timeout 5 s)
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        assert self.process is not None
+        return process_tree(self.process.pid)
+
+
+def sample(port: int, path: str, headers: dict[str, str]) -> tuple[dict[str, object], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         body = response.read()
         return {"status": response.status, "content_encoding": response.getheader("Content-Encoding"),
-                "content_type": response.getheader("Content-Type"), "bytes": len(body)}
+                "content_type": response.getheader("Content-Type"), "bytes": len(body)}, body
     finally:
         conn.close()
 
@@ -241,56 +391,187 @@ def human(n: float) -> str:
 
 
 def run(args: argparse.Namespace, site: Path, started: float) -> int:
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
-    with Nginx(site, args.workers) as nginx:
-        url = nginx.base + args.path
-        samples = {"gzip": sample(nginx, args.path, {"Accept-Encoding": "gzip"}), "plain": sample(nginx, args.path, {})}
-        rss_idle = nginx.rss_kib()
-        wrk(args, url, [], duration="1s")  # warm-up, not counted
+    # (stack, variant) in the order each repeat runs them; fly's plain would be ours' plain again.
+    cells = [("ours", "gzip"), ("ours", "plain")]
+    if not args.no_baseline:
+        cells += [("baseline", "gzip"), ("baseline", "plain")]
+    if not args.no_fly:
+        cells += [("fly", "gzip")]
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for stack, variant in cells:
+        runs.setdefault(stack, {})[variant] = []
+    samples: dict[str, dict[str, dict[str, object]]] = {stack: {} for stack in runs}
+    memory: dict[str, dict[str, dict[str, object]]] = {}
+    same_page: dict[str, object] = {}
+    load_before = os.getloadavg()
+    versions = {"nginx": subprocess.run([harness.nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]}
+
+    with contextlib.ExitStack() as servers:
+        ours = servers.enter_context(Nginx(site, args.workers))
+        ports = {"ours": ours.port}
+        groups: dict[str, dict[str, object]] = {"ours": {"nginx": ours}}
+        if "fly" in runs:
+            fly = servers.enter_context(Nginx(site, args.workers, lambda port: on_the_fly_block(port, site, args.gzip_level)))
+            ports["fly"] = fly.port
+            groups["fly"] = {"nginx": fly}
+        if "baseline" in runs:
+            versions.update({name: importlib.metadata.version(name) for name in ("flask", "gunicorn", "jinja2", "werkzeug")})
+            app = servers.enter_context(Gunicorn(site, args.gunicorn_workers))
+            proxy = servers.enter_context(Nginx(site, args.workers, lambda port: proxy_block(port, app.port, args.gzip_level)))
+            ports["baseline"] = proxy.port
+            groups["baseline"] = {"nginx": proxy, "gunicorn": app}
+
+        bodies = {}
+        for stack in runs:
+            for variant in VARIANTS:
+                samples[stack][variant], bodies[stack, variant] = sample(ports[stack], args.path, HEADERS[variant])
+        if "baseline" in runs:
+            same_page = check_same_page(bodies[("ours", "plain")], bodies[("baseline", "plain")])
+        for stack, parts in groups.items():
+            memory[stack] = {"idle": {name: memory_kib(server.pids()) for name, server in parts.items()}}
+
+        for stack in runs:  # warm-up, not counted: page cache, gunicorn workers' first render
+            wrk(args, f"http://127.0.0.1:{ports[stack]}{args.path}", VARIANTS["gzip"], duration="1s")
         for _ in range(args.repeat):
-            for name, extra in VARIANTS.items():  # alternate, so drift hits both alike
-                runs[name].append(wrk(args, url, extra))
-        rss_loaded = nginx.rss_kib()
-    # nginx is stopped here (by PID, in Nginx.__exit__)
+            for stack, variant in cells:  # interleaved, so drift hits every cell alike
+                before = sum(cpu_seconds(server.pids()) for server in groups[stack].values())
+                result = wrk(args, f"http://127.0.0.1:{ports[stack]}{args.path}", VARIANTS[variant])
+                used = sum(cpu_seconds(server.pids()) for server in groups[stack].values()) - before
+                # CPU the stack's own processes spent per request: unlike req/s, barely moved by
+                # whatever else shares the cores (wrk included)
+                result["server_cpu_seconds"] = round(used, 2)
+                result["server_cpu_us_per_request"] = round(used * 1e6 / max(result["requests"], 1), 2)
+                runs[stack][variant].append(result)
+        for stack, parts in groups.items():
+            memory[stack]["after_load"] = {name: memory_kib(server.pids()) for name, server in parts.items()}
+    # every server is stopped here, by PID (ExitStack, in reverse order)
 
-    medians = {name: {key: statistics.median(r[key] for r in rs) for key in ("requests_per_second", "transfer_bytes_per_second")}
-               for name, rs in runs.items()}
-    ratio = {key: medians["gzip"][key] / medians["plain"][key] for key in medians["gzip"]}
-    errors = sum(r["non_2xx"] + r["socket_errors"] for rs in runs.values() for r in rs)
+    medians = {stack: {variant: {key: statistics.median(r[key] for r in rs)
+                                 for key in ("requests_per_second", "transfer_bytes_per_second", "server_cpu_us_per_request")}
+                       for variant, rs in variants.items()} for stack, variants in runs.items()}
+    errors = sum(r["non_2xx"] + r["socket_errors"] for variants in runs.values() for rs in variants.values() for r in rs)
 
-    print(f"\nnginx {subprocess.run([harness.nginx_binary(), '-v'], capture_output=True, text=True).stderr.strip().split('/')[-1]}, "
-          f"{args.workers} worker(s); wrk -t{args.threads} -c{args.connections} -d{args.duration} on 127.0.0.1{args.path}, "
-          f"{args.repeat} runs per variant, median; {os.cpu_count()} cores")
-    for name in VARIANTS:
-        s = samples[name]
-        print(f"  {name:5}  one response: {s['status']}, Content-Encoding {s['content_encoding'] or '-'}, {s['bytes']:,} bytes")
-    print(f"\n  {'variant':8} {'req/s':>10} {'transfer/s':>12}   {'runs (req/s)':<28} {'p50':>8} {'p99':>8}")
-    for name, rs in runs.items():
-        m = medians[name]
-        p50 = statistics.median(r["latency_p50_ms"] for r in rs if r["latency_p50_ms"] is not None)
-        p99 = statistics.median(r["latency_p99_ms"] for r in rs if r["latency_p99_ms"] is not None)
-        each = ", ".join(f"{r['requests_per_second']:,.0f}" for r in rs)
-        print(f"  {name:8} {m['requests_per_second']:>10,.0f} {human(m['transfer_bytes_per_second']) + '/s':>12}   "
-              f"{each:<28} {p50:>6.2f}ms {p99:>6.2f}ms")
-    print(f"  {'gzip/plain':8} {ratio['requests_per_second']:>10.2f}x {ratio['transfer_bytes_per_second']:>11.2f}x")
-    idle, loaded = sum(rss_idle.values()), sum(rss_loaded.values())
-    print(f"\n  nginx RSS (master + workers, VmRSS): {idle:,} KiB idle, {loaded:,} KiB after the load "
-          f"({len(rss_loaded)} processes: {', '.join(f'{k}={v}' for k, v in rss_loaded.items())})")
-    print(f"  non-2xx/socket errors: {errors}; total {time.monotonic() - started:.1f}s")
+    def ratio(a: tuple[str, str], b: tuple[str, str]) -> dict[str, float] | None:
+        if a[0] not in medians or b[0] not in medians or a[1] not in medians[a[0]] or b[1] not in medians[b[0]]:
+            return None
+        x, y = medians[a[0]][a[1]], medians[b[0]][b[1]]
+        rounds = [ra["requests_per_second"] / rb["requests_per_second"] for ra, rb in zip(runs[a[0]][a[1]], runs[b[0]][b[1]])]
+        return {"requests_per_second": x["requests_per_second"] / y["requests_per_second"],
+                "transfer_bytes_per_second": x["transfer_bytes_per_second"] / y["transfer_bytes_per_second"],
+                # the same round's two runs, seconds apart: drift on a shared machine cancels more
+                "requests_per_second_per_round_median": statistics.median(rounds),
+                # how many times less server CPU a request costs in a than in b
+                "server_cpu_per_request": y["server_cpu_us_per_request"] / max(x["server_cpu_us_per_request"], 1e-9)}
 
+    ratios = {
+        "ours_gzip_over_plain": ratio(("ours", "gzip"), ("ours", "plain")),
+        "ours_over_baseline_gzip": ratio(("ours", "gzip"), ("baseline", "gzip")),
+        "ours_over_baseline_plain": ratio(("ours", "plain"), ("baseline", "plain")),
+        "fly_over_baseline_gzip": ratio(("fly", "gzip"), ("baseline", "gzip")),
+        "ours_over_fly_gzip": ratio(("ours", "gzip"), ("fly", "gzip")),
+    }
+    load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    report(args, runs, samples, medians, ratios, memory, same_page, versions, errors, started, load)
+
+    target = ratios["ours_over_baseline_gzip"]
     record = {
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg": load},
+        "versions": versions,
         "wrk": {"threads": args.threads, "connections": args.connections, "duration": args.duration,
                 "repeat": args.repeat, "path": args.path},
-        "nginx_workers": args.workers, "samples": samples, "runs": runs, "median": medians,
-        "ratio_gzip_over_plain": ratio, "errors": errors,
-        "nginx_rss_kib": {"idle": rss_idle, "after_load": rss_loaded, "idle_total": idle, "after_load_total": loaded},
+        "nginx_workers": args.workers, "gunicorn_workers": None if args.no_baseline else args.gunicorn_workers,
+        "gzip_level_on_the_fly": args.gzip_level,
+        # ours alone, under the keys this file had before the baseline was added
+        "samples": samples["ours"], "runs": runs["ours"], "median": medians["ours"],
+        "ratio_gzip_over_plain": ratios["ours_gzip_over_plain"],
+        "nginx_rss_kib": {"idle": memory["ours"]["idle"]["nginx"]["rss"], "after_load": memory["ours"]["after_load"]["nginx"]["rss"],
+                          "idle_total": memory["ours"]["idle"]["nginx"]["rss_total"],
+                          "after_load_total": memory["ours"]["after_load"]["nginx"]["rss_total"]},
+        "stacks": {stack: {"label": STACKS[stack], "samples": samples[stack], "runs": runs[stack], "median": medians[stack],
+                           "memory_kib": memory[stack]} for stack in runs},
+        "ratios": ratios, "same_page": same_page,
+        "target": {"ours_over_baseline_gzip_rps": TARGET,
+                   "met": None if target is None else target["requests_per_second"] >= TARGET},
+        "errors": errors,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"  -> {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
     return 0 if errors == 0 else 1
+
+
+def check_same_page(ours: bytes, baseline: bytes) -> dict[str, object]:
+    """The baseline renders unminified HTML; minified with the pipeline's own minifier it must be
+    the built index.html exactly (same templates, same data, same hashed icon URLs)."""
+    from pipeline import minify
+
+    minified = minify.minify_html(baseline.decode("utf-8")).encode("utf-8")
+    return {"identical_after_minify": minified == ours, "ours_bytes": len(ours), "baseline_bytes": len(baseline),
+            "baseline_minified_bytes": len(minified)}
+
+
+def report(args, runs, samples, medians, ratios, memory, same_page, versions, errors, started, load) -> None:
+    extra = "".join(f", {k} {v}" for k, v in versions.items() if k != "nginx")
+    print(f"\nnginx {versions['nginx']}{extra}; nginx worker_processes {args.workers}"
+          + ("" if args.no_baseline else f", gunicorn {args.gunicorn_workers} sync workers")
+          + f"; wrk -t{args.threads} -c{args.connections} -d{args.duration} on 127.0.0.1{args.path}, "
+          f"{args.repeat} runs per cell, median; {os.cpu_count()} cores")
+    for stack in runs:
+        for variant in VARIANTS:
+            s = samples[stack][variant]
+            print(f"  {stack:8} {variant:5}  one response: {s['status']}, Content-Encoding {s['content_encoding'] or '-'}, "
+                  f"{s['bytes']:,} bytes")
+    if same_page:
+        verdict = "identical" if same_page["identical_after_minify"] else "DIFFERENT"
+        print(f"  same page: the baseline's HTML ({same_page['baseline_bytes']:,} bytes) minified is {verdict} "
+              f"to the built index.html ({same_page['ours_bytes']:,} bytes)")
+
+    print(f"\n  {'stack':32} {'variant':7} {'req/s':>10} {'transfer/s':>12}   {'runs (req/s)':<26} {'p50':>9} {'p99':>9} "
+          f"{'CPU/req':>10}")
+    for stack, variants in runs.items():
+        for variant, rs in variants.items():
+            m = medians[stack][variant]
+            p50 = statistics.median(r["latency_p50_ms"] for r in rs if r["latency_p50_ms"] is not None)
+            p99 = statistics.median(r["latency_p99_ms"] for r in rs if r["latency_p99_ms"] is not None)
+            each = ", ".join(f"{r['requests_per_second']:,.0f}" for r in rs)
+            print(f"  {STACKS[stack]:32} {variant:7} {m['requests_per_second']:>10,.0f} "
+                  f"{human(m['transfer_bytes_per_second']) + '/s':>12}   {each:<26} {p50:>7.2f}ms {p99:>7.2f}ms "
+                  f"{m['server_cpu_us_per_request']:>8,.0f}us")
+    print("  (CPU/req: utime+stime of the stack's own processes, nginx and gunicorn, over the run / requests; median)")
+
+    print(f"\n  {'ratio (medians)':40} {'req/s':>9} {'transfer/s':>11} {'req/s per round':>16} {'CPU/req (inverse)':>18}")
+    labels = {"ours_gzip_over_plain": "ours gzip / ours plain",
+              "ours_over_baseline_gzip": "ours / baseline, gzip (target >= 200x)",
+              "ours_over_baseline_plain": "ours / baseline, plain",
+              "fly_over_baseline_gzip": "ours on the fly / baseline, gzip",
+              "ours_over_fly_gzip": "ours gzip_static / ours on the fly"}
+    for key, label in labels.items():
+        r = ratios[key]
+        if r is not None:
+            print(f"  {label:40} {r['requests_per_second']:>8.1f}x {r['transfer_bytes_per_second']:>10.1f}x "
+                  f"{r['requests_per_second_per_round_median']:>15.1f}x {r['server_cpu_per_request']:>17.1f}x")
+    target = ratios["ours_over_baseline_gzip"]
+    if target is not None:
+        got = target["requests_per_second"]
+        print(f"  target ours/baseline >= {TARGET:.0f}x with gzip: {'MET' if got >= TARGET else 'NOT met'} "
+              f"({got:.1f}x{'' if got >= TARGET else f', {TARGET / got:.2f}x short'})")
+
+    print(f"\n  memory (KiB, from /proc: VmRSS summed over the processes; PSS total)")
+    print(f"  {'stack':32} {'part':9} {'procs':>5} {'RSS idle':>10} {'RSS loaded':>11} {'PSS loaded':>11}")
+    for stack, phases in memory.items():
+        totals = [0, 0, 0]
+        for part, idle in phases["idle"].items():
+            loaded = phases["after_load"][part]
+            totals = [totals[0] + idle["rss_total"], totals[1] + loaded["rss_total"], totals[2] + loaded["pss_total"]]
+            print(f"  {STACKS[stack]:32} {part:9} {loaded['processes']:>5} {idle['rss_total']:>10,} {loaded['rss_total']:>11,} "
+                  f"{loaded['pss_total']:>11,}")
+        if len(phases["idle"]) > 1:
+            print(f"  {STACKS[stack]:32} {'total':9} {'':>5} {totals[0]:>10,} {totals[1]:>11,} {totals[2]:>11,}")
+    print(f"  non-2xx/socket errors: {errors}; load average (1/5/15 min) {' '.join(map(str, load['before']))} before, "
+          f"{' '.join(map(str, load['after']))} after (anything else running shares the cores); "
+          f"total {time.monotonic() - started:.1f}s")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ has been decoded and encoded; the switch is last.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import hashlib
 import json
@@ -35,6 +36,7 @@ from .model import Asset, Content, Document, EncodedIcon, Origin, RunReport, Sit
 CACHE_VERSION = f"{encode.ENCODER_VERSION}; {encode.LIBRARY_VERSIONS}"
 FEED_COPY = "feed/codes"  # under .cache/: the last good copy of a codes feed, and its validators
 CRASH_ENV = "BUILDER_CRASH_AT"  # test-only; "decode:<slug>" makes the worker encoding that icon abort
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WORKER_ADDRESS_SPACE = 2 * 1024**3  # bytes; a 64 px icon needs ~100 MB with the interpreter
 
 
@@ -241,15 +243,19 @@ def _encode_alone(source: SourceIcon) -> EncodedIcon | ImageError:
 def _workers(count: int) -> ProcessPoolExecutor:
     # spawn, not fork: the fetch threads may hold locks that a forked child would inherit.
     return ProcessPoolExecutor(max(1, count), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_limit_worker)
+                               initializer=_limit_worker, initargs=(os.getpid(),))
 
 
-def _limit_worker() -> None:
-    """In each encode worker: a cap on address space, and signals left to the parent, which
-    stops the pool itself at its next checkpoint."""
+def _limit_worker(parent: int) -> None:
+    """In each encode worker: a cap on address space; SIGTERM/SIGINT left to the parent, which
+    stops the pool at its next checkpoint; and death with the parent (PR_SET_PDEATHSIG), so a
+    build killed with -9 leaves no worker waiting on its queue, holding its output pipes open."""
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_ADDRESS_SPACE, WORKER_ADDRESS_SPACE))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 # ---- timing ----------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def _publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now
     releases = dist / "releases"
     for directory in (dist, releases):  # served by an unprivileged nginx whatever our umask
         directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o755)
+        if directory.stat().st_mode & 0o777 != 0o755:
+            os.chmod(directory, 0o755)
     remove_staging(dist)
     live = live_release(dist)
     remove_never_live(releases, live)

@@ -13,6 +13,7 @@ a slice. Missed ticks collapse into one catch-up run, then the grid resumes; the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
@@ -108,7 +109,10 @@ class BuildProcess:
             summary = (out.strip().splitlines() or [""])[-1]
         except subprocess.TimeoutExpired:
             self.terminate()
-            out, err = self.child.communicate()
+            try:
+                out, err = self.child.communicate(timeout=self.settings.kill_grace)
+            except subprocess.TimeoutExpired:  # something still holds its pipes: stop reading them
+                out, err = "", ""
             code, summary = 124, f"killed after the run timeout of {self.settings.run_timeout:g}s; nothing was switched by it"
         finally:
             child, self.child = self.child, None
@@ -120,7 +124,11 @@ class BuildProcess:
     def terminate(self) -> None:
         """SIGTERM the run's process group (the build stops before any switch), then SIGKILL."""
         child = self.child
-        if child is None or child.poll() is not None:
+        if child is None:
+            return
+        if child.poll() is not None:  # the leader is gone; anything left in its group goes now
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
             return
         for sig, grace in ((signal.SIGTERM, self.settings.kill_grace), (signal.SIGKILL, 5.0)):
             try:

@@ -1,0 +1,697 @@
+"""Property tests (hypothesis) across config -> render -> minify -> publish.
+
+1. icon_map.yaml: any text gives specs or a ConfigError whose problems all say icon_map.yaml:LINE;
+   any mapping of names -> URLs gives only http(s) URLs without credentials and unique, file-safe
+   slugs, and is accepted exactly when every entry is good.
+2. codes data: any text, and any structured data, gives Content or a ConfigError; valid data comes
+   back unchanged, and whatever is accepted can be rendered.
+3. Rendering: no icon name, alt text, code, note or game name changes the number of <script>
+   elements, ICON_MAP and codes.json parse back to what went in, no URL attribute is javascript:/data:.
+4. Minify + publish: the minified pages pass the pre-switch gate (no missing local URL), keep the
+   script count and an intact ICON_MAP.
+
+Known pipeline bugs are pinned by the `test_bug_*` tests at the end (xfail, strict, with the
+minimal failing input as an explicit @example). So that the general properties keep guarding
+against *new* failures meanwhile, an input that trips one of those known bugs is rejected
+(`known_bug()` below recognises each by its exact symptom); when a bug is fixed, its xfail test
+XPASSes (strict: the run fails) and its entry in `known_bug()` should go too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, note, reject, settings
+from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
+
+from pipeline.config import load_content, load_icon_map, slugify
+from pipeline.errors import ConfigError
+from pipeline.fingerprint import fingerprint, icon_assets, icon_refs, manifest_json
+from pipeline.minify import minify_css, minify_pages
+from pipeline.model import (
+    Asset, Code, Content, EncodedIcon, Manifest, PublishSettings, Reward, SiteView, Variant,
+)
+from pipeline.publish import local_references, publish
+from pipeline.render import render_pages
+
+from .conftest import REPO
+
+# hypothesis keeps a cache (and, on failure, patch files) in ./.hypothesis; keep the repo clean
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "pipeline-test-properties-hypothesis")
+
+TEMPLATES = REPO / "templates"
+TODAY = dt.date(2026, 11, 27)
+TEMPLATE_SCRIPTS = (TEMPLATES / "index.html").read_text(encoding="utf-8").count("<script")
+URL_ATTRIBUTES = {"href", "src", "srcset", "action", "formaction", "poster", "data", "cite", "background",
+                  "xlink:href", "ping", "manifest", "longdesc", "usemap", "icon"}
+BAD_SCHEMES = ("javascript:", "data:", "vbscript:")
+
+EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "150"))  # e.g. PROPERTY_EXAMPLES=2000 for a deeper search
+PROPERTY = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,  # nothing written into the repo; a failure prints its reproducing example
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
+                           HealthCheck.large_base_example],
+)
+SLOW_PROPERTY = settings(PROPERTY, max_examples=max(1, EXAMPLES * 2 // 5))  # render + minify + publish (fsync) per example
+PINNED = settings(PROPERTY, max_examples=20, report_multiple_bugs=False)  # the known-bug tests: explicit examples, a few more
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("properties")
+
+
+# ---- known bugs (see the test_bug_* tests at the end) ---------------------------------------------
+
+
+def known_bug(error: BaseException) -> str | None:
+    """Which known bug an unexpected exception is, by its exact symptom; None for anything new."""
+    text = str(error)
+    if isinstance(error, TypeError) and text.startswith("unhashable type"):
+        return "BUG-1: a non-scalar mapping key crashes the config loaders"
+    if isinstance(error, ValueError) and text.startswith("invalid literal for int() with base 10"):
+        return "BUG-2: a non-ASCII 'digit' amount such as '²' crashes _rewards"
+    if isinstance(error, RecursionError):
+        return "BUG-3: deeply nested YAML overflows the composer's recursion"
+    if isinstance(error, UnicodeEncodeError) and "surrogates not allowed" in text:
+        return "BUG-5: a lone surrogate (\\ud800 escape) passes config and crashes render"
+    return None
+
+
+def outcome(call):
+    """(value, None) or (None, ConfigError); a known bug rejects the example; anything else fails."""
+    try:
+        return call(), None
+    except ConfigError as error:
+        return None, error
+    except Exception as error:
+        if bug := known_bug(error):
+            note(bug)
+            reject()
+        raise
+
+
+def check_problem_lines(error: ConfigError, label: str, last_line: int) -> None:
+    """Every problem is `LABEL:LINE: ...` with 1 <= LINE <= last_line (the file's lines + 1)."""
+    for problem in error.problems or (str(error),):
+        if problem.startswith(f"{label}: is empty"):
+            continue  # an empty file has no line to name
+        if problem.startswith(f"{label}: unacceptable character"):
+            continue  # BUG-4: the YAML reader's error carries a position, not a line
+        match = re.match(rf"{re.escape(label)}:(\d+): ", problem)
+        assert match, f"problem without {label}:LINE: {problem!r}"
+        assert 1 <= int(match.group(1)) <= last_line, problem
+
+
+# ---- strategies --------------------------------------------------------------------------------
+
+PLAIN = st.characters(categories=["L", "M", "N", "P", "S", "Zs"])  # no control, format or line-separator characters
+NO_CONTROL = st.characters(exclude_categories=["Cc", "Cs"])  # names/alts/codes: config rejects control characters
+ANY_TEXT = st.characters(exclude_categories=["Cs"])  # notes and the game name: config checks nothing there
+NASTY_TOKENS = ["</script>", "</SCRIPT >", "<script>", "<!--", "-->", "<![CDATA[", "]]>", '"', "'", "`", "&", "&amp;",
+                "&lt;", "&#34;", "&quot;", "<", ">", "=", "\u2028", "\u2029", "javascript:", "data:", "/", "\\", "${",
+                " ", "  ", "{{", "}}", "{%", "<img src=x onerror=alert(1)>", "\\u003c", "\ufeff", "\u200b", "é"]
+
+
+def nasty(alphabet: st.SearchStrategy[str], min_size: int = 0) -> st.SearchStrategy[str]:
+    return st.lists(st.one_of(st.sampled_from(NASTY_TOKENS), st.text(alphabet, max_size=6)),
+                    min_size=min_size, max_size=8).map("".join)
+
+
+YAML_TOKENS = ["\n", "\n", " ", "  ", "- ", ": ", ":", "? ", ", ", "[", "]", "{", "}", "# c", "&a ", "*a", "!!str ",
+               "!!map ", "!!binary ", "!x ", "|\n", ">\n", "'", '"', "\\", "---\n", "...\n", "%YAML 1.1\n", "\t",
+               "<<: ", "~", "null", "true", "0x1F", "1e400", ".nan", "\ufeff", "\u2028", "\x85", "\r\n", "\r", "\x00",
+               "\x01", "\x7f", "\x9f", "\ufffe", "é", "😀", "game: G\n", "codes:\n", "  - ", "code: ", "added: ",
+               "expires: ", "note: ", "rewards: ", "icon: ", "amount: ", "url: ", "alt: ", "avif: ", "ssim_floor: ",
+               "png_level: ", "lossless_only: ", "2026-11-27", "2026-02-30", "20261127", "https://example.org/a.png",
+               "http://u:p@example.org/", "javascript:alert(1)", "ftp://x.org/a", "Gem", "Gold Coin", "</script>",
+               "²", "١٢", "300", "0", "-1", '"\\ud800"', '"\\x00"', '"\\u2028"', '"\\N"', "{icon: Gem, amount: 3}"]
+YAMLISH = st.lists(st.one_of(st.sampled_from(YAML_TOKENS), st.text(max_size=6)), max_size=50).map("".join)
+LONG = st.builds(lambda unit, count: unit * count,
+                 st.sampled_from(["x", "é", "- ", "a: ", "[", "{a: ", "https://e.org/", "#"]), st.integers(1, 3000))
+ARBITRARY_TEXT = st.one_of(st.text(), YAMLISH, LONG)
+
+
+def tagged_names() -> st.SearchStrategy[tuple[str, bool | None]]:
+    """(icon name, True: config must accept it / False: must reject it / None: either)."""
+    good = st.text(PLAIN, min_size=1, max_size=100).filter(lambda s: s.strip())
+    bad = st.one_of(
+        st.sampled_from(["", " ", "\u3000", "x" * 101, "é" * 150]),
+        st.builds(lambda a, c, b: a + c + b, st.text(PLAIN, max_size=5),
+                  st.sampled_from(["\x00", "\x01", "\t", "\n", "\r", "\x1f", "\x7f", "\u2028", "\u2029"]),
+                  st.text(PLAIN, max_size=5)),
+    )
+    return st.one_of(good.map(lambda s: (s, True)), bad.map(lambda s: (s, False)), st.text().map(lambda s: (s, None)))
+
+
+HOST_LABEL = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?\Z")
+GOOD_URL = st.builds(
+    lambda scheme, labels, port, path: f"{scheme}://{'.'.join(labels)}{port}/{path}",
+    st.sampled_from(["http", "https"]), st.lists(HOST_LABEL, min_size=1, max_size=4),
+    st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}")),
+    st.text(st.sampled_from("abcXYZ019-._~/%?=&"), max_size=40),
+)
+BAD_URL = st.one_of(
+    st.sampled_from([
+        "", "javascript:alert(1)", "JavaScript:alert(1)", "data:image/png;base64,AAAA", "vbscript:x", "ftp://x.org/a.png",
+        "file:///etc/passwd", "//x.org/a.png", "x.org/a.png", "http://user:pw@x.org/a.png", "https://user@x.org/a",
+        "https://:pw@x.org/a", "http://exämple.com/a.png", "http://x.org:0/a", "http://x.org:99999/a", "http:///a",
+        "http://x .org/", "http://x.org/\x00", "http://x.org/a b", "http://-bad-.org/", "http://[::1/", "https://",
+        "http://x.org/\u2028", "https://" + "a" * 2050 + ".org/",
+    ]),
+    st.builds(lambda scheme, rest: f"{scheme}:{rest}",
+              st.sampled_from(["javascript", "data", "ftp", "file", "gopher", "mailto", "ws"]), st.text(max_size=30)),
+    st.builds(lambda scheme, user, labels: f"{scheme}://{user}@{'.'.join(labels)}/",
+              st.sampled_from(["http", "https"]), st.from_regex(r"\A[a-z]{1,5}(:[a-z]{0,5})?\Z"),
+              st.lists(HOST_LABEL, min_size=1, max_size=3)),
+)
+TAGGED_URL = st.one_of(GOOD_URL.map(lambda u: (u, True)), BAD_URL.map(lambda u: (u, False)),
+                       st.text().map(lambda u: (u, None)))
+TAGGED_ALT = st.one_of(st.text(PLAIN, max_size=40).map(lambda a: (a, True)),
+                       st.builds(lambda a, c: a + c, st.text(PLAIN, max_size=5),
+                                 st.sampled_from(["\x00", "\n", "\x1b", "\u2028"])).map(lambda a: (a, False)),
+                       st.text(max_size=20).map(lambda a: (a, None)))
+
+
+# ---- 1. icon_map.yaml -------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(text=ARBITRARY_TEXT)
+@example(text="")
+@example(text="A: https://x.org/a.png\nB: [unclosed\n")
+@example(text="A: https://x.org/a.png\n" * 3)
+@example(text="- a\n- b\n")
+def test_icon_map_any_text_gives_specs_or_config_error_with_lines(scratch: Path, text: str) -> None:
+    path = scratch / "icon_map.yaml"
+    path.write_text(text, encoding="utf-8")
+    as_read = path.read_text(encoding="utf-8")  # newlines translated, as load_icon_map reads it
+    specs, error = outcome(lambda: load_icon_map(path))
+    if error is not None:
+        check_problem_lines(error, "icon_map.yaml", len(as_read.splitlines()) + 1)
+    else:
+        check_specs(specs)
+
+
+@PROPERTY
+@given(data=st.binary(max_size=200))
+@example(data=b"A: https://x.org/\xff\n")
+@example(data=b"\xef\xbb\xbfA: https://x.org/a.png\n")
+def test_icon_map_any_bytes_gives_specs_or_config_error(scratch: Path, data: bytes) -> None:
+    path = scratch / "icon_map.yaml"
+    path.write_bytes(data)
+    specs, _error = outcome(lambda: load_icon_map(path))
+    if specs is not None:
+        check_specs(specs)
+
+
+def check_specs(specs) -> None:
+    slugs = [spec.slug for spec in specs]
+    assert len(set(slugs)) == len(slugs), slugs
+    for spec in specs:
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", spec.slug) and len(spec.slug) <= 60, spec.slug
+        parts = urlsplit(spec.url)
+        assert parts.scheme in ("http", "https"), spec.url
+        assert parts.username is None and parts.password is None, spec.url
+        assert parts.hostname and parts.hostname.isascii(), spec.url
+        assert not any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in spec.url), spec.url
+
+
+@PROPERTY
+@given(
+    entries=st.lists(st.tuples(tagged_names(), TAGGED_URL, st.one_of(st.none(), TAGGED_ALT)),
+                     max_size=8, unique_by=lambda entry: entry[0][0]),
+    allow_unicode=st.booleans(),
+)
+@example(entries=[(("Gem", True), ("https://x.org/g.png", True), None),
+                  (("gem!", True), ("https://x.org/h.png", True), None)], allow_unicode=False)  # same slug
+@example(entries=[(("жз", True), ("https://x.org/a.png", True), None),
+                  (("зж", True), ("https://x.org/b.png", True), None)], allow_unicode=True)  # same slug: the
+# fallback hash is a sum of code points, so anagrams (and any equal sums) of non-ASCII names collide
+@example(entries=[(("A", True), ("javascript:alert(1)", False), None)], allow_unicode=False)
+@example(entries=[(("A", True), ("http://user:pw@x.org/", False), (("alt", True)))], allow_unicode=False)
+def test_icon_map_mapping_accepts_exactly_the_good_entries(scratch: Path, entries, allow_unicode: bool) -> None:
+    document = {}
+    for (name, _), (url, _), alt in entries:
+        document[name] = url if alt is None else {"url": url, "alt": alt[0]}
+    text = yaml.safe_dump(document, allow_unicode=allow_unicode, sort_keys=False, width=4096)
+    path = scratch / "icon_map.yaml"
+    path.write_text(text, encoding="utf-8")
+    specs, error = outcome(lambda: load_icon_map(path))
+
+    tags = [(name_ok, url_ok, True if alt is None else alt[1]) for (_, name_ok), (_, url_ok), alt in entries]
+    bad_entries = sum(False in t for t in tags)
+    all_good = all(t == (True, True, True) for t in tags)
+    slugs_unique = len({slugify(name) for (name, _), _, _ in entries}) == len(entries)
+    if error is not None:
+        check_problem_lines(error, "icon_map.yaml", len(path.read_text(encoding="utf-8").splitlines()) + 1)
+        assert len(error.problems) >= bad_entries, "every bad entry is reported, all at once"
+        assert not (all_good and slugs_unique), f"good entries rejected: {error}"
+        if not entries:
+            assert "is empty" in str(error) or "expected a mapping" in str(error)
+    else:
+        check_specs(specs)
+        assert bad_entries == 0, f"accepted a bad entry: {entries}"
+        assert [s.name for s in specs] == [name for (name, _), _, _ in entries]
+        assert [s.url for s in specs] == [url for _, (url, _), _ in entries]
+        assert [s.alt for s in specs] == [name if alt is None else alt[0] for (name, _), _, alt in entries]
+
+
+# ---- 2. codes data -----------------------------------------------------------------------------
+
+ICONS = {"Gem", "Gold Coin", "</script><!--", "Ticket \u2028 \u2029", "Ében"}
+ICON_NAMES = sorted(ICONS)
+
+
+def render_content(content: Content) -> dict[str, bytes]:
+    """Render what load_content accepted with an icon view for ICONS; it must render."""
+    view, _manifest = site_view([(n, n) for n in ICON_NAMES], content)
+    return {p.path: p.data for p in render_pages(TEMPLATES, view)}
+
+
+def check_content(content: Content, icon_names: set[str]) -> None:
+    assert content.game.strip()
+    codes = [c.code for c in content.codes]
+    assert len(set(codes)) == len(codes)
+    for code in content.codes:
+        assert code.code.strip() and len(code.code) <= 100
+        assert code.rewards, code
+        for reward in code.rewards:
+            assert reward.icon in icon_names and 0 < reward.amount < 10**9
+
+
+@PROPERTY
+@given(text=ARBITRARY_TEXT)
+@example(text="")
+@example(text="game: G\ncodes: []\n")
+@example(text="game: G\ncodes:\n  - code: A\n    added: 2026-11-27\n    rewards: [{icon: Gem, amount: 3}]\n")
+@example(text='{"game": "G", "codes": [{"code": "A", "added": "2026-02-30", "rewards": []}]}')
+def test_codes_any_text_gives_content_or_config_error(text: str) -> None:
+    content, error = outcome(lambda: load_content("codes.yaml", text, ICONS))
+    if error is not None:
+        check_problem_lines(error, "codes.yaml", len(text.splitlines()) + 1)
+    else:
+        check_content(content, ICONS)
+        outcome(lambda: render_content(content))  # accepted data renders (BUG-5 is rejected here)
+
+
+DATE_VALUE = st.one_of(st.dates(), st.dates().map(str), st.text(max_size=12),
+                       st.sampled_from(["2026-02-30", "2026-13-01", "20261127", "2026-W48-5", "", "null", "2026-1-1",
+                                        "２０２６-11-27", "2026-11-27T10:00"]))
+AMOUNT = st.one_of(st.integers(-5, 2 * 10**9), st.text(max_size=5),
+                   st.sampled_from(["1", "999999999", "1000000000", "01", "1e3", "0x10", " 5", "٣", "3.0"]))
+REWARD = st.one_of(
+    st.fixed_dictionaries({"icon": st.one_of(st.sampled_from(ICON_NAMES), st.text(max_size=10))},
+                          optional={"amount": AMOUNT}),
+    st.text(max_size=5), st.lists(st.text(max_size=3), max_size=2),
+)
+CODE_ENTRY = st.one_of(
+    st.fixed_dictionaries({}, optional={
+        "code": st.one_of(st.text(max_size=20), st.integers(), st.just(""), st.text(min_size=101, max_size=120)),
+        "added": DATE_VALUE, "expires": DATE_VALUE, "note": st.one_of(st.text(max_size=30), st.lists(st.text(), max_size=2)),
+        "rewards": st.one_of(st.lists(REWARD, max_size=3), st.text(max_size=5)),
+        "extra": st.text(max_size=5),
+    }),
+    st.text(max_size=10), st.integers(),
+)
+DOCUMENT = st.one_of(
+    st.fixed_dictionaries({}, optional={"game": st.one_of(st.text(max_size=20), st.integers(), st.lists(st.text())),
+                                        "codes": st.one_of(st.lists(CODE_ENTRY, max_size=5), st.text(max_size=5)),
+                                        "other": st.text(max_size=5)}),
+    st.lists(st.text(max_size=5), max_size=3), st.text(max_size=10),
+)
+
+
+def serialise(document: object, form: str) -> str:
+    if form == "json":
+        return json.dumps(document, default=str, ensure_ascii=True)
+    return yaml.safe_dump(document, allow_unicode=form == "yaml-unicode", sort_keys=False)
+
+
+@PROPERTY
+@given(document=DOCUMENT, form=st.sampled_from(["json", "yaml", "yaml-unicode"]))
+def test_codes_structured_data_gives_content_or_config_error(document: object, form: str) -> None:
+    text = serialise(document, form)
+    content, error = outcome(lambda: load_content("codes.yaml", text, ICONS))
+    if error is not None:
+        check_problem_lines(error, "codes.yaml", len(text.splitlines()) + 1)
+    else:
+        check_content(content, ICONS)
+        outcome(lambda: render_content(content))
+
+
+JSON_SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F]")
+VALID_CODE = st.text(PLAIN, min_size=1, max_size=100).filter(lambda s: s.strip())
+VALID_ENTRY = st.fixed_dictionaries(
+    {"code": VALID_CODE, "added": st.dates(),
+     "rewards": st.lists(st.fixed_dictionaries({"icon": st.sampled_from(ICON_NAMES), "amount": st.integers(1, 10**9 - 1)}),
+                         min_size=1, max_size=3)},
+    optional={"expires": st.dates(), "note": st.text(ANY_TEXT, max_size=40)},
+)
+
+
+@PROPERTY
+@given(game=st.text(NO_CONTROL, min_size=1, max_size=30).filter(lambda s: s.strip()),
+       entries=st.lists(VALID_ENTRY, max_size=5, unique_by=lambda e: e["code"]),
+       form=st.sampled_from(["json", "yaml", "yaml-unicode"]))
+def test_codes_valid_data_comes_back_unchanged(game: str, entries: list[dict], form: str) -> None:
+    text = serialise({"game": game, "codes": entries}, form)
+    if form == "json" and JSON_SURROGATE_PAIR.search(text):
+        note("BUG-5b: JSON writes U+10000 and above as a \\ud83d\\ude00 pair, which PyYAML reads as two lone surrogates")
+        reject()
+    content = load_content("codes.yaml", text, ICONS)
+    expected = Content(game, tuple(
+        Code(e["code"], e["added"], e.get("expires"), tuple(Reward(r["icon"], r["amount"]) for r in e["rewards"]),
+             e.get("note", "")) for e in entries))
+    assert content == expected
+    render_content(content)
+
+
+# ---- 3. rendering ------------------------------------------------------------------------------
+
+
+def site_view(icons: list[tuple[str, str]], content: Content) -> tuple[SiteView, Manifest]:
+    """A SiteView as tests/test_render.py's view() builds it (a WebP source and a PNG fallback per
+    icon, style.css), but with its URLs made the way build.py makes them: slugify -> fingerprint."""
+    encoded = [EncodedIcon(name, slugify(name), 64, 64, 100,
+                           (Variant("webp", b"W" + slugify(name).encode(), "q80", 0.99),
+                            Variant("png", b"P" + slugify(name).encode(), "oxipng", 1.0)))
+               for name, _alt in icons]
+    css = minify_css((TEMPLATES / "style.css").read_text(encoding="utf-8")).encode()
+    manifest = fingerprint([a for icon in encoded for a in icon_assets(icon)] + [Asset("style.css", css, "text/css")])
+    refs = icon_refs(encoded, dict(icons), manifest)
+    return SiteView("Title", "https://example.org", content, refs, manifest.entries, "build1", TODAY), manifest
+
+
+ICON_NAME = st.one_of(st.text(NO_CONTROL, min_size=1, max_size=30), nasty(NO_CONTROL, min_size=1)).filter(
+    lambda s: s.strip() and len(s) <= 100)
+ALT = st.one_of(st.text(NO_CONTROL, max_size=30), nasty(NO_CONTROL))
+ICONS_AND_ALTS = st.lists(st.tuples(ICON_NAME, ALT), min_size=1, max_size=5,
+                          unique_by=(lambda t: t[0], lambda t: slugify(t[0])))
+CODE_TEXT = st.one_of(st.text(NO_CONTROL, min_size=1, max_size=20), nasty(NO_CONTROL, min_size=1)).filter(
+    lambda s: s.strip() and len(s) <= 100)
+NOTE = st.one_of(st.text(ANY_TEXT, max_size=30), nasty(ANY_TEXT))
+DAY = st.dates(dt.date(2026, 1, 1), dt.date(2027, 12, 31))
+
+
+@st.composite
+def site(draw) -> tuple[list[tuple[str, str]], Content]:
+    icons = draw(ICONS_AND_ALTS)
+    names = [name for name, _ in icons]
+    codes = draw(st.lists(st.builds(
+        lambda code, note_, added, expires, rewards: Code(code, added, expires, rewards, note_),
+        CODE_TEXT, NOTE, DAY, st.one_of(st.none(), DAY),
+        st.lists(st.builds(Reward, st.sampled_from(names), st.integers(1, 10**9 - 1)), min_size=1, max_size=3)),
+        max_size=4, unique_by=lambda c: c.code))
+    return icons, Content(draw(NOTE.filter(str.strip) | st.just("Game")), tuple(codes))
+
+
+NASTY_SITE = ([('Evil </script><script>alert(1)</script> "q" \'s\' <!-- \u2028\u2029 &amp;', "</script><!--\u2028"),
+               ("javascript:alert(1)", "data:text/html,<script>alert(1)</script>"),
+               ("Two  spaces   and </SCRIPT x", "<!--<script>"), ("Blank alt", "")],
+              Content("G </script>", (Code("javascript:x", TODAY, None, (Reward("javascript:alert(1)", 3),), "<!--\x00\u2028"),)))
+
+
+class Parsed(HTMLParser):
+    """Script elements and bodies, and every start tag's attributes (values decoded)."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.scripts: list[str] = []
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self._in_script = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1] += data
+
+    def attribute(self, tag: str, name: str) -> list[str | None]:
+        return [value for t, attrs in self.tags if t == tag for key, value in attrs if key == name]
+
+
+def icon_map_from(page: Parsed) -> dict:
+    body = page.scripts[0]
+    # html.parser ends a script only at `</script>`; a browser ends it at `</script` + space, / or >,
+    # and `<!--` inside can hide the real end tag: neither may appear in the body at all.
+    assert not re.search(r"<!--|</script", body, re.I), body[:300]
+    assert "\u2028" not in body and "\u2029" not in body, body[:300]
+    match = re.fullmatch(r"const ICON_MAP = (.*);", body, re.S)
+    assert match, page.scripts[0][:200]
+    return json.loads(match.group(1))
+
+
+def img_alts(page: Parsed) -> list[str]:
+    """The distinct alt texts; a bare `alt` (what htmlmin makes of alt="") is the empty text."""
+    return sorted({value or "" for value in page.attribute("img", "alt")})
+
+
+def check_page(html: str, view: SiteView, icons: list[tuple[str, str]]) -> Parsed:
+    page = Parsed(html)
+    assert len(page.scripts) == TEMPLATE_SCRIPTS, "a name or text opened or closed a <script>"
+    icon_map = icon_map_from(page)
+    assert {name: entry["alt"] for name, entry in icon_map.items()} == dict(icons)
+    for name, entry in icon_map.items():
+        ref = view.icons[name]
+        assert entry["png"] == ref.fallback and entry["webp"] == ref.sources[0].url
+    check_no_script_urls(page)
+    return page
+
+
+def check_no_script_urls(page: Parsed) -> None:
+    for tag, attrs in page.tags:
+        for key, value in attrs:
+            assert not key.startswith("on"), f"event handler attribute <{tag} {key}={value!r}>"
+            if key in URL_ATTRIBUTES and value:
+                for url in value.split(",") if key == "srcset" else [value]:
+                    assert not url.strip().lower().startswith(BAD_SCHEMES), f"<{tag} {key}={value!r}>"
+
+
+def expected_codes_json(view: SiteView) -> dict:
+    return {"game": view.content.game, "codes": [{
+        "code": c.code, "added": c.added.isoformat(), "expires": c.expires.isoformat() if c.expires else None,
+        "active": c.active_on(TODAY), "note": c.note,
+        "rewards": [{"icon": r.icon, "amount": r.amount, "png": view.icons[r.icon].fallback} for r in c.rewards],
+    } for c in view.content.codes]}
+
+
+@PROPERTY
+@given(data=site())
+@example(data=NASTY_SITE)
+def test_render_keeps_scripts_icon_map_and_codes_intact(data) -> None:
+    icons, content = data
+    view, _manifest = site_view(icons, content)
+    pages = {p.path: p.data.decode("utf-8") for p in render_pages(TEMPLATES, view)}
+    page = check_page(pages["index.html"], view, icons)
+    assert json.loads(pages["codes.json"]) == expected_codes_json(view)
+    # attribute values decode back to the text that went in
+    assert img_alts(page) == sorted(set(alt for _, alt in icons))
+    assert page.attribute("button", "data-code") == [c.code for c in content.codes if c.active_on(TODAY)]
+    for path in pages:
+        if path.endswith(".html"):
+            check_no_script_urls(Parsed(pages[path]))
+
+
+# ---- 4. minify + publish -----------------------------------------------------------------------
+
+
+@SLOW_PROPERTY
+@given(data=site())
+@example(data=NASTY_SITE)
+def test_minified_pages_publish_with_every_local_url_present(scratch: Path, data) -> None:
+    icons, content = data
+    view, manifest = site_view(icons, content)
+    pages = render_pages(TEMPLATES, view)
+    minified = minify_pages(pages)
+    before = {p.path: p.data.decode("utf-8") for p in pages}
+    after = {p.path: p.data.decode("utf-8") for p in minified.pages}
+
+    page = check_page(after["index.html"], view, icons)
+    assert page.scripts[0] == Parsed(before["index.html"]).scripts[0], "ICON_MAP changed by minification"
+    assert after["codes.json"] == before["codes.json"]
+
+    files = {**manifest.files, **{p.path: p.data for p in minified.pages},
+             "manifest.json": (json.dumps(manifest_json(manifest), indent=1) + "\n").encode()}
+    for path, html in after.items():
+        if path.endswith(".html"):
+            missing = [ref for ref in local_references(html) if ref not in files]
+            assert not missing, f"{path} names missing {missing}"
+    dist = Path(tempfile.mkdtemp(dir=scratch)) / "dist"
+    try:
+        result = publish(dist, files, PublishSettings(), time.time())  # raises PublishError if the gate fails
+        assert result.switched
+        assert (dist / "current" / "index.html").read_bytes() == files["index.html"]
+    finally:
+        shutil.rmtree(dist.parent)
+
+
+# ---- known bugs, pinned: each must fail until fixed (then strict xfail turns the run red) ------------
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG-1: non-scalar mapping keys crash load_content "
+                   "(config.py:260 `top = {k.value: v ...}`, :289 fields_, :336 reward parts) with TypeError: unhashable type")
+@PINNED
+@given(text=st.sampled_from(["? [a]\n: b\n", "{{a: b}: c}", "game: g\ncodes:\n - {[x]: 1}\n"]))
+@example(text="[a]: b\n")
+@example(text="game: g\ncodes:\n - code: C\n   added: 2026-01-01\n   rewards: [{[i]: Gem}]\n")
+def test_bug_codes_non_scalar_key_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError):
+        load_content("codes.yaml", text, {"Gem"})
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG-1: a non-scalar key in an icon's option mapping crashes "
+                   "load_icon_map (config.py:150 `options[k.value] = ...`) with TypeError: unhashable type")
+@PINNED
+@given(key=st.sampled_from(["[a]", "{a: b}", "[]"]))
+@example(key="[a]")
+def test_bug_icon_map_non_scalar_option_key_is_a_config_error(scratch: Path, key: str) -> None:
+    path = scratch / "icon_map.yaml"
+    path.write_text(f"Gem: {{url: 'https://x.org/g.png', {key}: b}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_icon_map(path)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG-2: config.py:342 checks amount.isdigit(), which is True for "
+                   "'²', '①', '₂'..., then int(amount) raises ValueError instead of a ConfigError")
+@PINNED
+@given(amount=st.sampled_from(["³", "¹", "①", "₂", "⁹⁹"]))
+@example(amount="²")
+def test_bug_non_ascii_digit_amount_is_a_config_error(amount: str) -> None:
+    text = f"game: g\ncodes:\n - code: C\n   added: 2026-01-01\n   rewards: [{{icon: Gem, amount: '{amount}'}}]\n"
+    with pytest.raises(ConfigError):
+        load_content("codes.yaml", text, {"Gem"})
+
+
+@pytest.mark.xfail(strict=True, raises=RecursionError, reason="BUG-3: yaml.compose recurses once per nesting level; "
+                   "~500 nested [ or { raise RecursionError, which _compose_text (config.py:366-375) does not catch")
+@PINNED
+@given(unit=st.sampled_from(["{a: ", "- ", "[a, "]), depth=st.integers(1000, 3000))
+@example(unit="[", depth=1000)
+def test_bug_deep_nesting_is_a_config_error(scratch: Path, unit: str, depth: int) -> None:
+    with pytest.raises(ConfigError):
+        load_content("codes.yaml", unit * depth, {"Gem"})
+    path = scratch / "icon_map.yaml"
+    path.write_text(unit * depth, encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_icon_map(path)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG-4: yaml.ReaderError (a non-printable character) "
+                   "is reported as 'icon_map.yaml: unacceptable character ... position N' without a line "
+                   "(config.py:374-375, the generic YAMLError branch)")
+@PINNED
+@given(before=st.lists(st.sampled_from(["A: https://x.org/a.png", "# comment", ""]), max_size=4),
+       char=st.sampled_from(["\x01", "\x08", "\x7f", "\x9f", "\ufffe"]))
+@example(before=["A: https://x.org/a.png"], char="\x01")
+def test_bug_unprintable_character_problem_names_its_line(scratch: Path, before: list[str], char: str) -> None:
+    path = scratch / "icon_map.yaml"
+    path.write_text("\n".join([*before, f"B: https://x.org/{char}.png"]) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_icon_map(path)
+    assert str(caught.value).startswith(f"icon_map.yaml:{len(before) + 1}: "), str(caught.value)
+
+
+@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason="BUG-5: a YAML escape like \"\\ud800\" puts a lone "
+                   "surrogate into a name/alt/code/note/game; config accepts it (_CONTROL does not cover U+D800-DFFF) and "
+                   "render_pages' .encode('utf-8') (render.py:32-33) raises UnicodeEncodeError")
+@PINNED
+@given(field=st.sampled_from(["note", "code", "game"]), escape=st.sampled_from(["\\ud800", "\\udfff", "a\\udc80b"]))
+@example(field="note", escape="\\ud800")
+def test_bug_lone_surrogate_is_rejected_or_renders(field: str, escape: str) -> None:
+    values = {"game": "g", "code": "C", "note": "n", field: f'"{escape}"'}
+    text = (f"game: {values['game']}\ncodes:\n - code: {values['code']}\n   added: 2026-01-01\n"
+            f"   note: {values['note']}\n   rewards: [{{icon: Gem}}]\n")
+    try:
+        content = load_content("codes.yaml", text, {"Gem"})
+    except ConfigError:
+        return
+    view, _ = site_view([("Gem", "Gem")], content)
+    render_pages(TEMPLATES, view)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG-6: minify.py:20 calls htmlmin with its default "
+                   "convert_charrefs=True, which decodes attribute values a second time: alt/data-code text "
+                   "'A&lt;B' is rendered as A&amp;lt;B and minified to A&lt;B, which a browser reads as 'A<B'")
+@PINNED
+@given(data=site())
+@example(data=([("Gem", "A&lt;B")], Content("G", (Code("X&amp;Y", TODAY, None, (Reward("Gem", 1),)),))))
+def test_bug_minified_attributes_keep_their_text(data) -> None:
+    icons, content = data
+    view, _ = site_view(icons, content)
+    html = {p.path: p.data.decode() for p in minify_pages(render_pages(TEMPLATES, view)).pages}["index.html"]
+    page = Parsed(html)
+    assert img_alts(page) == sorted(set(alt for _, alt in icons))
+    assert page.attribute("button", "data-code") == [c.code for c in content.codes if c.active_on(TODAY)]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG-7: _rewards (config.py:336-337) keeps only scalar "
+                   "values and ignores unknown keys, so a misspelt `ammount: 300` or `amount: [300]` silently "
+                   "becomes amount 1 (a code entry's unknown field IS rejected)")
+@PINNED
+@given(reward=st.sampled_from(["{icon: Gem, amount: [300]}", "{icon: Gem, amount: {n: 300}}", "{icon: Gem, qty: 300}"]))
+@example(reward="{icon: Gem, ammount: 300}")
+def test_bug_reward_typo_is_not_silently_amount_1(reward: str) -> None:
+    text = f"game: g\ncodes:\n - code: C\n   added: 2026-01-01\n   rewards: [{reward}]\n"
+    try:
+        content = load_content("codes.yaml", text, {"Gem"})
+    except ConfigError:
+        return
+    assert content.codes[0].rewards[0].amount != 1, content
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG-8: load_content builds dicts from the composed "
+                   "mapping (config.py:260, :289), so a repeated key silently wins: a second `codes:` drops every "
+                   "code above it; a repeated `code:` replaces the first")
+@PINNED
+@given(tail=st.sampled_from(["codes: []\n", "game: Other\n"]))
+@example(tail="codes: []\n")
+def test_bug_duplicate_key_in_codes_is_reported(tail: str) -> None:
+    text = "game: g\ncodes:\n - code: C\n   added: 2026-01-01\n   rewards: [{icon: Gem, amount: 3}]\n" + tail
+    try:
+        content = load_content("codes.yaml", text, {"Gem"})
+    except ConfigError as error:
+        assert "duplicate" in str(error)
+        return
+    raise AssertionError(f"a duplicate top-level key was silently accepted: {content}")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG-5b: json.dumps (ensure_ascii, its default) writes an "
+                   "emoji as the escape pair \\ud83c\\udf81; PyYAML (YAML 1.1) decodes each half on its own, so a JSON "
+                   "feed's 'Gift 🎁' becomes 'Gift \\ud83c\\udf81' (two lone surrogates), accepted by load_content, "
+                   "and render_pages then raises UnicodeEncodeError (BUG-5)")
+@PINNED
+@given(text=st.text(st.characters(min_codepoint=0x10000), min_size=1, max_size=5))
+@example(text="Gift \U0001F381")
+def test_bug_json_feed_with_emoji_round_trips(text: str) -> None:
+    feed = json.dumps({"game": "G", "codes": [
+        {"code": "C", "added": "2026-11-01", "note": text, "rewards": [{"icon": "Gem", "amount": 1}]}]})
+    content = load_content("codes.json", feed, {"Gem"})
+    assert content.codes[0].note == text

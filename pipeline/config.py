@@ -33,7 +33,7 @@ from .model import (
 INDEXNOW_KEY = re.compile(r"^[A-Za-z0-9-]{8,128}$")
 MAX_URL_LENGTH = 2048
 MAX_NAME_LENGTH = 100
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")  # incl. lone surrogates
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$|^\[[0-9a-f:.]+\]$")
 
 
@@ -146,8 +146,8 @@ def _icon_spec(name: str, node: yaml.Node, where: str, defaults: EncodeSettings,
     if isinstance(node, yaml.ScalarNode):
         options["url"] = node.value
     elif isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            options[k.value] = v.value if isinstance(v, yaml.ScalarNode) else v
+        for k, v in _fields(where.split(":")[0], node, problems).items():
+            options[k] = v.value if isinstance(v, yaml.ScalarNode) else v
     else:
         problems.append(f"{where}: icon {name!r} must be a URL or a mapping with a url")
         return None
@@ -257,11 +257,11 @@ def load_content(label: str, text: str, icon_names: set[str]) -> Content:
     problems: list[str] = []
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{label}:{_line(root) if root else 1}: expected a mapping with `game:` and `codes:`")
-    top = {k.value: v for k, v in root.value}
+    top = _fields(label, root, problems)
     game = top.get("game")
     codes_node = top.get("codes")
-    if not isinstance(game, yaml.ScalarNode) or not game.value.strip():
-        problems.append(f"{label}:{_line(root)}: `game:` must name the game")
+    if not isinstance(game, yaml.ScalarNode) or not game.value.strip() or _CONTROL.search(game.value):
+        problems.append(f"{label}:{_line(root)}: `game:` must name the game in plain text")
     if not isinstance(codes_node, yaml.SequenceNode):
         problems.append(f"{label}:{_line(codes_node or root)}: `codes:` must be a list of codes")
         codes_node = yaml.SequenceNode("tag:yaml.org,2002:seq", [])
@@ -276,6 +276,9 @@ def load_content(label: str, text: str, icon_names: set[str]) -> Content:
             continue
         seen[code.code] = _line(item)
         codes.append(code)
+    unknown = set(top) - {"game", "codes"}
+    if unknown:
+        problems.append(f"{label}:{_line(root)}: unknown key(s) {', '.join(sorted(unknown))}; known: game, codes")
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in {label}; the last good site stays live", tuple(problems))
     return Content(game.value, tuple(codes))  # type: ignore[union-attr]
@@ -286,14 +289,16 @@ def _code(label: str, node: yaml.Node, icon_names: set[str], problems: list[str]
     if not isinstance(node, yaml.MappingNode):
         problems.append(f"{where}: each code must be a mapping with code, added and rewards")
         return None
-    fields_ = {k.value: v for k, v in node.value}
     before = len(problems)
+    fields_ = _fields(label, node, problems)
     code = _scalar(fields_, "code", where, problems)
     if code is not None and (name_problem(code) or not code.strip()):
         problems.append(f"{where}: code {name_problem(code)}")
     added = _date(fields_, "added", where, problems, required=True)
     expires = _date(fields_, "expires", where, problems, required=False)
     note = _scalar(fields_, "note", where, problems, required=False) or ""
+    if _CONTROL.search(note):
+        problems.append(f"{where}: note must be plain text (no control characters)")
     rewards = _rewards(fields_.get("rewards"), where, label, icon_names, problems)
     unknown = set(fields_) - {"code", "added", "expires", "note", "rewards"}
     if unknown:
@@ -333,13 +338,20 @@ def _rewards(node: yaml.Node | None, where: str, label: str, icon_names: set[str
     rewards = []
     for item in node.value:
         at = f"{label}:{_line(item)}"
-        parts = {k.value: v.value for k, v in item.value if isinstance(v, yaml.ScalarNode)} if isinstance(item, yaml.MappingNode) else {}
-        icon, amount = parts.get("icon"), parts.get("amount", "1")
+        if not isinstance(item, yaml.MappingNode):
+            problems.append(f"{at}: a reward must be {{icon: NAME, amount: N}}")
+            continue
+        fields_ = _fields(label, item, problems)
+        unknown = set(fields_) - {"icon", "amount"}
+        if unknown or not all(isinstance(v, yaml.ScalarNode) for v in fields_.values()):
+            problems.append(f"{at}: a reward must be {{icon: NAME, amount: N}}, got key(s) {', '.join(sorted(fields_))}")
+            continue
+        icon, amount = fields_["icon"].value if "icon" in fields_ else None, fields_["amount"].value if "amount" in fields_ else "1"
         if icon not in icon_names:
             known = ", ".join(sorted(icon_names)) or "none"
             problems.append(f"{at}: reward icon {icon!r} is not in icon_map.yaml; add it there or use one of: {known}")
             continue
-        if not amount.isdigit() or not 0 < int(amount) < 10**9:
+        if not re.fullmatch(r"[0-9]{1,9}", amount) or int(amount) == 0:
             problems.append(f"{at}: reward amount must be a whole number from 1, got {amount[:20]!r}")
             continue
         rewards.append(Reward(icon, int(amount)))
@@ -366,13 +378,49 @@ def _compose(path: Path) -> yaml.Node | None:
 def _compose_text(label: str, text: str) -> yaml.Node | None:
     """YAML -> node tree (which keeps line numbers and duplicate keys, unlike safe_load)."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 1
         raise ConfigError(f"{label}:{line}: {error.problem or error.context}; fix the syntax (YAML, or JSON)") from None
+    except yaml.ReaderError as error:
+        line = text.count("\n", 0, max(0, error.position)) + 1
+        raise ConfigError(f"{label}:{line}: unacceptable character {error.character!r}; remove it") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{label}: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{label}: nested too deeply to be a site file") from None
+    _join_surrogate_pairs(root)
+    return root
+
+
+def _join_surrogate_pairs(root: yaml.Node | None) -> None:
+    """JSON writes characters beyond U+FFFF as escaped surrogate pairs ("\\ud83c\\udf81"), which
+    PyYAML decodes half by half. Join each pair into its character; a lone half stays, and the
+    plain-text checks reject it."""
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            if any("\ud800" <= c <= "\udfff" for c in node.value):
+                node.value = node.value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+
+
+def _fields(label: str, node: yaml.MappingNode, problems: list[str]) -> dict[str, yaml.Node]:
+    """A mapping's text keys -> value nodes; a key that is not text, or repeated, is a problem."""
+    fields_: dict[str, yaml.Node] = {}
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            problems.append(f"{label}:{_line(key)}: a key must be plain text")
+        elif key.value in fields_:
+            problems.append(f"{label}:{_line(key)}: duplicate key {key.value!r} (first at line {_line(fields_[key.value])})")
+        else:
+            fields_[key.value] = value
+    return fields_
 
 
 def _line(node: yaml.Node) -> int:

@@ -23,6 +23,7 @@ def minify_html(html: str) -> str:
         remove_empty_space=True,
         reduce_empty_attributes=True,
         remove_optional_attribute_quotes=False,  # keeps attribute values safe for any later tooling
+        convert_charrefs=False,  # True decodes attribute text a second time: alt="A&amp;lt;B" became "A<B"
     )
 
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import yaml
 
-from .conftest import run_cli
+from .conftest import local_server, run_cli
 from .test_build import snapshot
 
 
@@ -56,15 +55,8 @@ class Feed:
 
 @contextmanager
 def serving(feed: Feed) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), feed.handler())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/codes.json"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with local_server(feed.handler()) as base:
+        yield f"{base}/codes.json"
 
 
 def codes_json(site: Path) -> bytes:

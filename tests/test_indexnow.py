@@ -4,12 +4,10 @@ endpoint on 127.0.0.1 checks the body and verifies the key by fetching it throug
 from __future__ import annotations
 
 import hashlib
+from contextlib import AbstractContextManager
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -19,7 +17,7 @@ from PIL import Image, ImageOps
 from pipeline.indexnow import Outbox, ping
 from pipeline.model import IndexNowSettings
 
-from .conftest import run_cli
+from .conftest import local_server, run_cli
 from .nginx import nginx_server  # noqa: F401  (fixture)
 
 KEY = "test-key-0123456789"
@@ -84,17 +82,9 @@ class Endpoint:
         return Handler
 
 
-@contextmanager
-def running(endpoint: Endpoint) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), endpoint.handler())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def running(endpoint: Endpoint) -> AbstractContextManager[str]:
+    """The endpoint on 127.0.0.1 for the block; yields its base URL."""
+    return local_server(endpoint.handler())
 
 
 def configure(site: Path, origin: str, base_url: str, key: str = KEY) -> None:

@@ -13,13 +13,13 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from .conftest import REPO, run_cli
+from . import probe
 from .nginx import SHIPPED_CONF, check_config, nginx_server, require_nginx  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.nginx
@@ -57,25 +57,8 @@ def get(base: str, path: str, **headers: str) -> Reply:
         conn.close()
 
 
-class _Urls(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for key, value in attrs:
-            if not value:
-                continue
-            if key == "srcset":
-                self.urls += [part.strip().split()[0] for part in value.split(",") if part.strip()]
-            elif key in ("src", "href"):
-                self.urls.append(value.strip())
-
-
 def asset_urls(html: bytes) -> set[str]:
-    parser = _Urls()
-    parser.feed(html.decode("utf-8"))
-    return {urlsplit(u).path for u in parser.urls if urlsplit(u).path.startswith("/assets/") and not urlsplit(u).netloc}
+    return set(probe.asset_urls(html.decode("utf-8")))
 
 
 def build(site: Path) -> None:

@@ -10,24 +10,19 @@ has been decoded and encoded; the switch is last.
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import hashlib
 import json
-import multiprocessing
 import os
-import resource
-import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import httpx
 
-from . import config, encode, fetch, fingerprint, indexnow, minify, publish, render
+from . import config, encode, fetch, fingerprint, indexnow, minify, publish, render, worker
 from .lock import exclusive
 from .cache import EncodeCache, cache_key
 from .errors import ConfigError, ImageError
@@ -35,9 +30,6 @@ from .model import Asset, Content, Document, EncodedIcon, Origin, RunReport, Sit
 
 CACHE_VERSION = f"{encode.ENCODER_VERSION}; {encode.LIBRARY_VERSIONS}"
 FEED_COPY = "feed/codes"  # under .cache/: the last good copy of a codes feed, and its validators
-CRASH_ENV = "BUILDER_CRASH_AT"  # test-only; "decode:<slug>" makes the worker encoding that icon abort
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-WORKER_ADDRESS_SPACE = 2 * 1024**3  # bytes; a 64 px icon needs ~100 MB with the interpreter
 
 
 @dataclass(frozen=True)
@@ -74,8 +66,8 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
         sources = fetch.fetch_sources(site.icons, store, client, site.fetch)
     request.checkpoint("after_fetch")
     with timings("encode"):
-        sources, encoded = encode_all(sources, store, EncodeCache(site.cache_dir / "encode"),
-                                      request.reencode, _jobs(request), request.checkpoint)
+        cache = EncodeCache(site.cache_dir / "encode")
+        sources, encoded = encode_all(sources, store, cache, request.reencode, _jobs(request), request.checkpoint)
         for source in sources:
             if source.origin is not Origin.STALE and source.origin is not Origin.LOCAL:
                 store.save(source)  # decoded and encoded fine: now it is the last good copy
@@ -90,14 +82,14 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     with timings("render"):
         view = SiteView(site.title, site.base_url, content, refs, manifest.entries,
                         _build_id(manifest_bytes, content, request.today), request.today)
-        pages = render.render_pages(site.templates_dir, view)
+        pages = render.render_pages(site.templates_dir, view, site.cache_dir / "templates")
     with timings("minify"):
         minified = minify.minify_pages(pages)
     request.checkpoint("after_render")
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
         if encoded:  # the first icon in icon_map.yaml doubles as the site's icon
-            files["favicon.ico"] = encode.favicon(encoded[0].variants[-1].data)
+            files["favicon.ico"] = cache.derived("favicon", encoded[0].variants[-1].data, encode.favicon)
         required = ("index.html",)
         if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
             files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()
@@ -196,24 +188,15 @@ def _fallback(source: SourceIcon, store: fetch.IconStore, reason: str) -> Source
                    etag=stored.etag, last_modified=stored.last_modified)
 
 
-def _encode_one(source: SourceIcon) -> EncodedIcon | ImageError:
-    if os.environ.get(CRASH_ENV) == f"decode:{source.spec.slug}":
-        os.abort()  # test-only: a decoder crash in the worker (faults.md #30)
-    try:
-        return encode.encode_icon(source)
-    except ImageError as error:
-        return error
-
-
 def _encode_many(sources: list[SourceIcon], jobs: int, checkpoint: publish.Checkpoint) -> list[EncodedIcon | ImageError]:
     """Encode in worker processes with an address-space limit: the bytes are untrusted, and a
     decoder crash or a memory blow-up must cost that icon (its last good copy is used), not the
     run. If a worker dies, the icons it may have taken down with it are retried one by one."""
     results: list[EncodedIcon | ImageError | None] = [None] * len(sources)
     if sources:
-        pool = _workers(min(jobs, len(sources)))
+        pool = worker.pool(min(jobs, len(sources)))
         try:
-            futures = [pool.submit(_encode_one, source) for source in sources]
+            futures = [pool.submit(worker.encode, source) for source in sources]
             for i, future in enumerate(futures):
                 checkpoint("mid_encode")
                 try:
@@ -230,32 +213,14 @@ def _encode_many(sources: list[SourceIcon], jobs: int, checkpoint: publish.Check
 
 
 def _encode_alone(source: SourceIcon) -> EncodedIcon | ImageError:
-    pool = _workers(1)
+    pool = worker.pool(1)
     try:
-        return pool.submit(_encode_one, source).result()
+        return pool.submit(worker.encode, source).result()
     except BrokenProcessPool:
         return ImageError(f"icon {source.spec.name!r} ({source.spec.url}): the image decoder crashed on it; "
                           "replace the source")
     finally:
         pool.shutdown(wait=True)
-
-
-def _workers(count: int) -> ProcessPoolExecutor:
-    # spawn, not fork: the fetch threads may hold locks that a forked child would inherit.
-    return ProcessPoolExecutor(max(1, count), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_limit_worker, initargs=(os.getpid(),))
-
-
-def _limit_worker(parent: int) -> None:
-    """In each encode worker: a cap on address space; SIGTERM/SIGINT left to the parent, which
-    stops the pool at its next checkpoint; and death with the parent (PR_SET_PDEATHSIG), so a
-    build killed with -9 leaves no worker waiting on its queue, holding its output pipes open."""
-    resource.setrlimit(resource.RLIMIT_AS, (WORKER_ADDRESS_SPACE, WORKER_ADDRESS_SPACE))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 # ---- timing ----------------------------------------------------------------------------------

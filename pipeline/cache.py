@@ -12,9 +12,13 @@ import json
 import os
 import shutil
 from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 
 from .model import EncodedIcon, SourceIcon, Variant
+
+
+ENCODER_TAG = b"derived-1"  # bump when what a derived() maker produces changes
 
 
 def cache_key(source: SourceIcon, encoder_version: str) -> str:
@@ -36,6 +40,19 @@ class EncodeCache:
             return None  # missing or damaged: encode again
         return EncodedIcon(source.spec.name, source.spec.slug, meta["width"], meta["height"], len(source.data),
                            variants, reused=True)
+
+    def derived(self, kind: str, source: bytes, make: Callable[[bytes], bytes]) -> bytes:
+        """make(source), remembered by the hash of `source` (the favicon, for one)."""
+        path = self.directory / kind / hashlib.sha256(source + ENCODER_TAG).hexdigest()
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            data = make(source)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temp.write_bytes(data)
+            os.replace(temp, path)
+            return data
 
     def put(self, key: str, icon: EncodedIcon) -> None:
         entry = self.directory / key[:2] / key

@@ -30,6 +30,7 @@ from .model import (
     SiteConfig,
 )
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 6 ms, not 146, for 500 icons
 INDEXNOW_KEY = re.compile(r"^[A-Za-z0-9-]{8,128}$")
 MAX_URL_LENGTH = 2048
 MAX_NAME_LENGTH = 100
@@ -378,7 +379,18 @@ def _compose(path: Path) -> yaml.Node | None:
 def _compose_text(label: str, text: str) -> yaml.Node | None:
     """YAML -> node tree (which keeps line numbers and duplicate keys, unlike safe_load)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_FAST_LOADER)
+    except (yaml.YAMLError, RecursionError):
+        root = _compose_for_errors(label, text)
+    _join_surrogate_pairs(root)
+    return root
+
+
+def _compose_for_errors(label: str, text: str) -> yaml.Node | None:
+    """The pure-Python parser, whose messages name what it found ("found ','") where libyaml's
+    only say what it missed: used once the fast parser has refused the text."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 1
@@ -390,8 +402,6 @@ def _compose_text(label: str, text: str) -> yaml.Node | None:
         raise ConfigError(f"{label}: {error}") from None
     except RecursionError:
         raise ConfigError(f"{label}: nested too deeply to be a site file") from None
-    _join_surrogate_pairs(root)
-    return root
 
 
 def _join_surrogate_pairs(root: yaml.Node | None) -> None:

@@ -80,13 +80,9 @@ class IconStore:
         return None
 
     def save(self, source: SourceIcon) -> None:
-        """Record a validated source: bytes first, then the meta, each via temp file + rename."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Record a validated source: bytes first, then the meta, each via temp file + rename.
+        Nothing is written when both are already on disk as they are (the hourly 304 case)."""
         ext = sniff(source.data) or "png"
-        for stale in self.directory.glob(f"{source.spec.slug}.*"):
-            if stale.suffix.lstrip(".") in {*IMAGE_MAGIC.values(), "webp", "avif"} and stale.suffix != f".{ext}":
-                stale.unlink()
-        _write_atomic(self.directory / f"{source.spec.slug}.{ext}", source.data)
         meta = {
             "url": source.spec.url,
             "etag": source.etag,
@@ -94,7 +90,16 @@ class IconStore:
             "sha256": hashlib.sha256(source.data).hexdigest(),
             "ext": ext,
         }
-        _write_atomic(self.directory / f"{source.spec.slug}.meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+        meta_bytes = (json.dumps(meta, indent=2) + "\n").encode()
+        meta_path = self.directory / f"{source.spec.slug}.meta.json"
+        if meta_path.is_file() and meta_path.read_bytes() == meta_bytes and self.load(source.spec):
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(f"{source.spec.slug}.*"):
+            if stale.suffix.lstrip(".") in {*IMAGE_MAGIC.values(), "webp", "avif"} and stale.suffix != f".{ext}":
+                stale.unlink()
+        _write_atomic(self.directory / f"{source.spec.slug}.{ext}", source.data)
+        _write_atomic(meta_path, meta_bytes)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

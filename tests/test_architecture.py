@@ -28,8 +28,10 @@ def test_stage_modules_import_only_model_and_errors() -> None:
 
 
 def test_only_build_composes_the_stages() -> None:
-    composers = {p.stem for p in PACKAGE.glob("*.py") if pipeline_imports(p.stem) & STAGES}
-    assert composers == {"build"}
+    composers = {p.stem: pipeline_imports(p.stem) & STAGES for p in PACKAGE.glob("*.py")}
+    composers = {name: stages for name, stages in composers.items() if stages}
+    # worker.py is the encode stage's process shell: it may import encode and nothing else.
+    assert composers == {"build": composers["build"], "worker": {"encode"}}
 
 
 def test_only_cli_prints() -> None:

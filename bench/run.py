@@ -1,7 +1,7 @@
 """Every benchmark, one after the other, and one summary of the headline figures.
 
-    python bench/run.py                      # all four, full size (about 40 min on 2 idle cores)
-    python bench/run.py --quick              # all four, small and fast (a few minutes)
+    python bench/run.py                      # all four, full size (about 12 min on 2 idle cores)
+    python bench/run.py --quick              # all four, small and fast (under a minute idle)
     python bench/run.py --only build_times,memory
 
 Runs, each as its own subprocess (so one that fails or hangs does not hide the others; a failure
@@ -17,7 +17,9 @@ then prints one table of the headline figures with the machine's core count and 
 writes bench/results/summary.json. A results file missing shows as "not run"; one not rewritten by
 this invocation (a failed bench, or left out by --only) is shown with its date, marked "old".
 --quick is passed to encode_settings and build_times, and to serve and memory where their --help
-offers it (serve otherwise gets --duration 2s --repeat 1).
+offers it (serve otherwise gets --duration 2s --repeat 1); with --quick, every bench that takes an
+output path (--output / --json) writes to bench/results/quick/ instead, so a quick run never
+overwrites the full results. Each bench's output is also kept in bench/results/logs/NAME.log.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+QUICK = RESULTS / "quick"  # where --quick puts the results of benches that take an output path
 LOGS = RESULTS / "logs"
 BENCHES = ("encode_settings", "build_times", "serve", "memory")
 TIME_LIMIT = {  # seconds per bench: (quick, full)
@@ -49,25 +53,33 @@ TIME_LIMIT = {  # seconds per bench: (quick, full)
 # ---- running the benches ----------------------------------------------------------------------
 
 
-def offers(script: Path, flag: str) -> bool:
-    """Whether a bench's --help lists `flag` (the benches are edited independently)."""
+def help_text(script: Path) -> str:
+    """A bench's --help (the benches are edited independently: ask them what they offer)."""
     try:
         done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
                               cwd=ROOT, timeout=60)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0 and flag in done.stdout
+        return ""
+    return done.stdout if done.returncode == 0 else ""
 
 
-def arguments(name: str, quick: bool) -> list[str]:
+def arguments(name: str, quick: bool) -> tuple[list[str], Path]:
+    """The bench's arguments and where its results will be. With --quick, a bench that takes an
+    output path writes to bench/results/quick/, so a quick run never overwrites full results."""
     script = HERE / f"{name}.py"
     if not quick:
-        return []
-    if name in ("encode_settings", "build_times") or offers(script, "--quick"):
-        return ["--quick"]
-    if name == "serve":
-        return ["--duration", "2s", "--repeat", "1"]
-    return []
+        return [], RESULTS / f"{name}.json"
+    text = help_text(script)
+    args = ["--quick"] if name in ("encode_settings", "build_times") or "--quick" in text else []
+    if name == "serve" and not args:
+        args = ["--duration", "2s", "--repeat", "1"]
+    target = RESULTS / f"{name}.json"
+    for flag in ("--output", "--json"):
+        if re.search(rf"(^|\s){flag}\b", text):
+            target = QUICK / f"{name}.json"
+            args += [flag, str(target)]
+            break
+    return args, target
 
 
 def run_bench(name: str, args: list[str], limit: float) -> dict[str, Any]:
@@ -131,9 +143,8 @@ def stop_group(process: subprocess.Popen[str]) -> None:
 # ---- reading the results ------------------------------------------------------------------------
 
 
-def load(name: str, since: float) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def load(path: Path, since: float) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(results, where they came from). `since`: this invocation's start, to tell fresh from old."""
-    path = RESULTS / f"{name}.json"
     if not path.exists():
         return None, {"file": str(path.relative_to(ROOT)), "state": "not run"}
     mtime = path.stat().st_mtime
@@ -204,21 +215,41 @@ def headline_build(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 def headline_serve(data: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
-    median = data.get("median", {})
-    for variant in ("gzip", "plain"):
-        rps = dig(median, variant, "requests_per_second")
-        if rps is not None:
-            transfer = dig(median, variant, "transfer_bytes_per_second", default=0) / 1024**2
-            rows.append((f"nginx {variant} {dig(data, 'wrk', 'path', default='/')}", f"{rps:,.0f} req/s, {transfer:,.1f} MiB/s"))
-    ratio = data.get("ratio_gzip_over_plain")
-    if ratio:
-        rows.append(("nginx gzip / plain", f"req/s {ratio.get('requests_per_second', 0):.2f}x, "
-                                           f"bytes/s {ratio.get('transfer_bytes_per_second', 0):.2f}x"))
+
+    def figures(median: dict[str, Any]) -> str:
+        rps = median["requests_per_second"]
+        text = f"{rps:,.0f} req/s, {median.get('transfer_bytes_per_second', 0) / 1024**2:,.1f} MiB/s"
+        cpu = median.get("server_cpu_us_per_request")
+        return text + (f", {cpu:,.1f} us server CPU/req" if isinstance(cpu, (int, float)) else "")
+
+    path = dig(data, "wrk", "path", default="/")
+    stacks = data.get("stacks")
+    if isinstance(stacks, dict) and stacks:  # several stacks: ours, baseline, ...
+        for key, stack in stacks.items():
+            for variant, median in (stack.get("median") or {}).items():
+                if isinstance(median, dict) and median.get("requests_per_second") is not None:
+                    rows.append((f"{stack.get('label', key)}, {variant} {path}", figures(median)))
+    else:  # one stack: the nginx medians
+        for variant, median in (data.get("median") or {}).items():
+            if isinstance(median, dict) and median.get("requests_per_second") is not None:
+                rows.append((f"nginx {variant} {path}", figures(median)))
+    ratios = data.get("ratios") or {"gzip_over_plain": data.get("ratio_gzip_over_plain")}
+    for name, ratio in ratios.items():
+        if isinstance(ratio, dict) and ratio.get("requests_per_second") is not None:
+            extra = ratio.get("server_cpu_per_request")
+            rows.append((f"ratio {name.replace('_', ' ')}",
+                         f"req/s {ratio['requests_per_second']:.2f}x, bytes/s {ratio.get('transfer_bytes_per_second', 0):.2f}x"
+                         + (f", CPU/req (inverse) {extra:.2f}x" if isinstance(extra, (int, float)) else "")))
+    target = data.get("target")
+    if isinstance(target, dict) and "met" in target:
+        goal = {k: v for k, v in target.items() if k != "met"}
+        rows.append(("target: " + ", ".join(f"{k} >= {v:g}" for k, v in goal.items() if isinstance(v, (int, float))),
+                     "PASS" if target["met"] else "MISS"))
     wrk = data.get("wrk")
     if wrk:
-        rows.append(("  wrk settings", f"-t{wrk.get('threads')} -c{wrk.get('connections')} -d{wrk.get('duration')}, "
-                                       f"{wrk.get('repeat')} run(s), {data.get('nginx_workers', '?')} nginx worker(s); "
-                                       f"errors {data.get('errors', '?')}"))
+        rows.append(("wrk settings", f"-t{wrk.get('threads')} -c{wrk.get('connections')} -d{wrk.get('duration')}, "
+                                     f"{wrk.get('repeat')} run(s), {data.get('nginx_workers', '?')} nginx worker(s); "
+                                     f"errors {data.get('errors', '?')}"))
     return rows
 
 
@@ -265,10 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench/run.py: {', '.join(chosen)}{' (quick)' if args.quick else ''}; {cores} cores ({usable} usable); "
           f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
     runs: dict[str, dict[str, Any]] = {}
+    paths: dict[str, Path] = {}
     for name in chosen:
         limit = TIME_LIMIT[name][0 if args.quick else 1]
+        bench_args, paths[name] = arguments(name, args.quick)
         try:
-            runs[name] = run_bench(name, arguments(name, args.quick), limit)
+            runs[name] = run_bench(name, bench_args, limit)
         except OSError as error:
             runs[name] = {"status": "failed", "exit_code": None, "seconds": 0.0, "tail": [str(error)]}
     load_after = os.getloadavg()
@@ -285,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     width = 58
     for name in BENCHES:
         run = runs.get(name)
-        data, source = load(name, since)
+        path = paths.get(name)
+        if path is None:  # left out by --only: the latest results there are, quick ones only for --quick
+            quick_path = QUICK / f"{name}.json"
+            path = quick_path if args.quick and quick_path.exists() else RESULTS / f"{name}.json"
+        data, source = load(path, since)
         state = run["status"] if run else "skipped (--only)"
         if run and run["status"] != "ok":
             state += f" (exit {run['exit_code']})" if run.get("exit_code") is not None else ""
@@ -307,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 la = data["load_average"]
                 print(f"  {'load average during it (1 min, before/after)':<{width}} "
                       f"{la['before'][0]:.2f} / {la.get('after', [float('nan')])[0]:.2f}")
-            elif isinstance(data.get("load_average_1_5_15"), dict):
-                la = data["load_average_1_5_15"]
+            elif isinstance(data.get("load_average_1_5_15") or dig(data, "machine", "loadavg"), dict):
+                la = data.get("load_average_1_5_15") or dig(data, "machine", "loadavg")
                 print(f"  {'load average during it (1 min, before/after)':<{width}} "
                       f"{la['before'][0]:.2f} / {la['after'][0]:.2f}")
         if run and run["status"] != "ok":

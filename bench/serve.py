@@ -558,7 +558,7 @@ def report(args, runs, samples, medians, ratios, memory, same_page, versions, er
         print(f"  target ours/baseline >= {TARGET:.0f}x with gzip: {'MET' if got >= TARGET else 'NOT met'} "
               f"({got:.1f}x{'' if got >= TARGET else f', {TARGET / got:.2f}x short'})")
 
-    print(f"\n  memory (KiB, from /proc: VmRSS summed over the processes; PSS total)")
+    print("\n  memory (KiB, from /proc: VmRSS summed over the processes; PSS total)")
     print(f"  {'stack':32} {'part':9} {'procs':>5} {'RSS idle':>10} {'RSS loaded':>11} {'PSS loaded':>11}")
     for stack, phases in memory.items():
         totals = [0, 0, 0]

@@ -115,7 +115,7 @@ class BuildProcess:
                 out, err = "", ""
             code, summary = 124, f"killed after the run timeout of {self.settings.run_timeout:g}s; nothing was switched by it"
         finally:
-            child, self.child = self.child, None
+            self.child = None
         lines = tuple(line for line in err.splitlines() if line.strip())
         if code != 0 and code != 124:
             summary = next((line for line in reversed(lines) if "error" in line), summary or f"exit {code}")

@@ -84,12 +84,13 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
                         _build_id(manifest_bytes, content, request.today), request.today)
         pages = render.render_pages(site.templates_dir, view, site.cache_dir / "templates")
     with timings("minify"):
-        minified = minify.minify_pages(pages)
+        minified = minify.minify_pages(pages, lambda data, make: cache.derived(f"html {minify.VERSION}", data, make))
     request.checkpoint("after_render")
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
         if encoded:  # the first icon in icon_map.yaml doubles as the site's icon
-            files["favicon.ico"] = cache.derived("favicon", encoded[0].variants[-1].data, encode.favicon)
+            files["favicon.ico"] = cache.derived(f"favicon {encode.ENCODER_VERSION}", encoded[0].variants[-1].data,
+                                                 encode.favicon)
         required = ("index.html",)
         if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
             files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()

@@ -18,9 +18,6 @@ from pathlib import Path
 from .model import EncodedIcon, SourceIcon, Variant
 
 
-ENCODER_TAG = b"derived-1"  # bump when what a derived() maker produces changes
-
-
 def cache_key(source: SourceIcon, encoder_version: str) -> str:
     recipe = json.dumps({"settings": asdict(source.spec.settings), "encoder": encoder_version}, sort_keys=True)
     return hashlib.sha256(hashlib.sha256(source.data).digest() + recipe.encode()).hexdigest()
@@ -42,8 +39,10 @@ class EncodeCache:
                            variants, reused=True)
 
     def derived(self, kind: str, source: bytes, make: Callable[[bytes], bytes]) -> bytes:
-        """make(source), remembered by the hash of `source` (the favicon, for one)."""
-        path = self.directory / kind / hashlib.sha256(source + ENCODER_TAG).hexdigest()
+        """make(source), remembered by the hash of `kind` (which names the maker and its version)
+        and `source`: the favicon, the minified pages."""
+        digest = hashlib.sha256(kind.encode() + b"\0" + source).hexdigest()
+        path = self.directory / "derived" / digest[:2] / digest
         try:
             return path.read_bytes()
         except FileNotFoundError:

@@ -173,7 +173,7 @@ def _save(image: Image.Image, fmt: str, **options) -> tuple[bytes, float]:
     return buffer.getvalue(), (time.perf_counter() - t) * 1000
 
 
-def _quality(reference: Image.Image, data: bytes) -> float:
+def quality(reference: Image.Image, data: bytes) -> float:
     decoded = Image.open(io.BytesIO(data))
     decoded.load()
     rgba = decoded.convert("RGBA")
@@ -207,7 +207,7 @@ def measure(task: tuple[str, str, str, bool, bool]) -> dict:
     res = record["results"]
 
     def put(key: str, out: bytes, ms: float, detail: str = "", **extra) -> None:
-        res[key] = {"bytes": len(out), "ssim": _quality(image, out), "ms": round(ms, 3), "detail": detail, **extra}
+        res[key] = {"bytes": len(out), "ssim": quality(image, out), "ms": round(ms, 3), "detail": detail, **extra}
 
     for key, opts in [("webp_ll_m4", {"lossless": True, "quality": 100, "method": 4}),
                       ("webp_ll_m6", {"lossless": True, "quality": 100, "method": 6}),
@@ -262,7 +262,7 @@ def sweep_icon(image: Image.Image, best, webp) -> dict:
         grid = []
         for q in range(101):
             data, ms = _save(image, fmt.upper(), quality=q, **opts)
-            grid.append([len(data), _quality(image, data), round(ms, 2)])
+            grid.append([len(data), quality(image, data), round(ms, 2)])
         out[fmt] = grid
     at_choice = {}
     for variant, fmt, slower in ((best, "avif", {**AVIF_OPTIONS, "speed": 6}),
@@ -270,7 +270,7 @@ def sweep_icon(image: Image.Image, best, webp) -> dict:
         if variant is not None and variant.format == fmt and variant.detail.startswith("q"):
             q = int(variant.detail[1:])
             data, ms = _save(image, fmt.upper(), quality=q, **slower)
-            at_choice[fmt] = {"q": q, "bytes": len(data), "ssim": _quality(image, data), "ms": round(ms, 2),
+            at_choice[fmt] = {"q": q, "bytes": len(data), "ssim": quality(image, data), "ms": round(ms, 2),
                               "fast_bytes": out[fmt][q][0], "fast_ssim": out[fmt][q][1], "fast_ms": out[fmt][q][2]}
     out["slower_at_choice"] = at_choice
     return out

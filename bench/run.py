@@ -77,7 +77,7 @@ def arguments(name: str, quick: bool) -> tuple[list[str], Path]:
     for flag in ("--output", "--json"):
         if re.search(rf"(^|\s){flag}\b", text):
             target = QUICK / f"{name}.json"
-            args += [flag, str(target)]
+            args += [flag, str(target.relative_to(ROOT))]  # the benches run in the repo root
             break
     return args, target
 
@@ -87,12 +87,13 @@ def run_bench(name: str, args: list[str], limit: float) -> dict[str, Any]:
     bench/results/logs/NAME.log. Past `limit` seconds its process group gets SIGTERM, then SIGKILL."""
     script = HERE / f"{name}.py"
     command = [sys.executable, str(script), *args]
+    shown = ["python", str(script.relative_to(ROOT)), *args]  # as a user types it: no paths of this machine
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{name}.log"
-    print(f"\n=== {name}: {' '.join(['python', str(script.relative_to(ROOT)), *args])} (limit {limit:.0f}s) ===", flush=True)
+    print(f"\n=== {name}: {' '.join(shown)} (limit {limit:.0f}s) ===", flush=True)
     if not script.exists():
-        return {"status": "missing", "exit_code": None, "seconds": 0.0, "command": command,
-                "tail": [f"{script} does not exist"]}
+        return {"status": "missing", "exit_code": None, "seconds": 0.0, "command": shown,
+                "tail": [f"{shown[1]} does not exist"]}
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=25)
     timed_out = threading.Event()
@@ -122,7 +123,7 @@ def run_bench(name: str, args: list[str], limit: float) -> dict[str, Any]:
         watchdog.cancel()
     seconds = time.perf_counter() - started
     status = "timeout" if timed_out.is_set() else ("ok" if process.returncode == 0 else "failed")
-    return {"status": status, "exit_code": process.returncode, "seconds": round(seconds, 1), "command": command,
+    return {"status": status, "exit_code": process.returncode, "seconds": round(seconds, 1), "command": shown,
             "log": str(log_path.relative_to(ROOT)), "tail": list(tail) if status != "ok" else []}
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import io
 import json
 import os
 import platform
@@ -52,8 +51,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-import encode_settings as sampling  # noqa: E402  (the corpus and its sampling; nothing runs on import)
-from PIL import Image  # noqa: E402
+import encode_settings as sampling  # noqa: E402  (the corpus, its sampling, quality(); nothing runs on import)
 
 from pipeline import encode as enc  # noqa: E402
 from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon  # noqa: E402
@@ -150,17 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def quality(reference: Image.Image, data: bytes) -> float:
-    decoded = Image.open(io.BytesIO(data))
-    decoded.load()
-    rgba = decoded.convert("RGBA")
-    if rgba.size != reference.size:
-        return 0.0
-    if rgba.tobytes() == reference.tobytes():
-        return 1.0
-    return enc.ssim(reference, rgba)
-
-
 def measure(task: tuple[str, str, str, str, str, float, float]) -> dict:
     emoji_set, name, path_str, sharp_webp, sharp_avif, webp_ms, avif_ms = task
     data = Path(path_str).read_bytes()
@@ -168,7 +155,7 @@ def measure(task: tuple[str, str, str, str, str, float, float]) -> dict:
     out: dict = {"set": emoji_set, "name": name, "source_bytes": len(data), "results": {}}
     for key, file, ms in (("sharp_webp", sharp_webp, webp_ms), ("sharp_avif", sharp_avif, avif_ms)):
         encoded = Path(file).read_bytes()
-        out["results"][key] = {"bytes": len(encoded), "ssim": quality(reference, encoded), "ms": ms}
+        out["results"][key] = {"bytes": len(encoded), "ssim": sampling.quality(reference, encoded), "ms": ms}
     spec = IconSpec(name=name, slug=Path(name).stem, url=Path(path_str).resolve().as_uri(), alt=name,
                     settings=EncodeSettings(), line=0)
     t = time.perf_counter()
@@ -177,7 +164,7 @@ def measure(task: tuple[str, str, str, str, str, float, float]) -> dict:
     best, png = icon.variants[0], icon.variants[-1]
     webp = next((v for v in icon.variants if v.format == "webp"), png)
     for key, variant in (("pipe_best", best), ("pipe_webp", webp)):
-        out["results"][key] = {"bytes": len(variant.data), "ssim": quality(reference, variant.data), "ms": round(ms, 3),
+        out["results"][key] = {"bytes": len(variant.data), "ssim": sampling.quality(reference, variant.data), "ms": round(ms, 3),
                                "detail": f"{variant.format} {variant.detail}"}
     return out
 

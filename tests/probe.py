@@ -207,6 +207,14 @@ class Probe:
             self.stats.requests += 1
         return response
 
+    def _get_ok(self, client: httpx.Client, path: str) -> httpx.Response | None:
+        """The response if it is a 200; anything else is counted and gives None."""
+        response = self._get(client, path)
+        if response is not None and response.status_code != 200:
+            self._bad_status(path, response.status_code)
+            return None
+        return response
+
     def _example(self, bucket: list, item: object) -> None:
         if len(bucket) < KEEP_EXAMPLES:
             bucket.append(item)
@@ -231,11 +239,8 @@ class Probe:
             self._example(self.stats.torn, what)
 
     def _page(self, client: httpx.Client, path: str) -> None:
-        response = self._get(client, path)
+        response = self._get_ok(client, path)
         if response is None:
-            return
-        if response.status_code != 200:
-            self._bad_status(path, response.status_code)
             return
         html = response.text
         with self._lock:
@@ -266,11 +271,8 @@ class Probe:
                 self._bad_status(url, answer.status_code)
 
     def _json(self, client: httpx.Client, path: str) -> None:
-        response = self._get(client, path)
+        response = self._get_ok(client, path)
         if response is None:
-            return
-        if response.status_code != 200:
-            self._bad_status(path, response.status_code)
             return
         try:
             json.loads(response.content)

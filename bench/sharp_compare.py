@@ -157,7 +157,7 @@ def measure(task: tuple[str, str, str, str, str, float, float]) -> dict:
         encoded = Path(file).read_bytes()
         out["results"][key] = {"bytes": len(encoded), "ssim": sampling.quality(reference, encoded), "ms": ms}
     spec = IconSpec(name=name, slug=Path(name).stem, url=Path(path_str).resolve().as_uri(), alt=name,
-                    settings=EncodeSettings(), line=0)
+                    settings=EncodeSettings(display=0), line=0)  # at source size, as the peer
     t = time.perf_counter()
     icon = enc.encode_icon(SourceIcon(spec=spec, data=data, origin=Origin.LOCAL))
     ms = (time.perf_counter() - t) * 1000

@@ -75,22 +75,23 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     with timings("minify"):
         css_before, css_assets = _stylesheets(site)
     with timings("fingerprint"):
-        assets = [a for icon in encoded for a in fingerprint.icon_assets(icon)] + css_assets
+        site_icons = _site_icons(sources, cache)
+        assets = [a for icon in encoded for a in fingerprint.icon_assets(icon)] + css_assets + site_icons
         manifest = fingerprint.fingerprint(assets)
         refs = fingerprint.icon_refs(encoded, {s.name: s.alt for s in site.icons}, manifest)
         manifest_bytes = (json.dumps(fingerprint.manifest_json(manifest), indent=1) + "\n").encode()
     with timings("render"):
         view = SiteView(site.title, site.base_url, content, refs, manifest.entries,
                         _build_id(manifest_bytes, content, request.today), request.today)
-        pages = render.render_pages(site.templates_dir, view, site.cache_dir / "templates")
+        pages = render.render_pages(site.templates_dir, view, site.cache_dir / "templates", site.render.eager)
     with timings("minify"):
         minified = minify.minify_pages(pages, lambda data, make: cache.derived(f"html {minify.VERSION}", data, make))
     request.checkpoint("after_render")
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
-        if encoded:  # the first icon in icon_map.yaml doubles as the site's icon
-            files["favicon.ico"] = cache.derived(f"favicon {encode.ENCODER_VERSION}", encoded[0].variants[-1].data,
-                                                 encode.favicon)
+        if sources:  # for the clients that ask for /favicon.ico whatever the page links
+            files["favicon.ico"] = cache.derived(f"favicon.ico {encode.ENCODER_VERSION}", sources[0].data,
+                                                 encode.favicon_ico)
         required = ("index.html",)
         if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
             files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()
@@ -134,6 +135,21 @@ def _stylesheets(site: SiteConfig) -> tuple[int, list[Asset]]:
         before += len(text.encode())
         assets.append(Asset(path.name, minify.minify_css(text).encode(), "text/css"))
     return before, assets
+
+
+def _site_icons(sources: list[SourceIcon], cache: EncodeCache) -> list[Asset]:
+    """The first icon in icon_map.yaml doubles as the site's icon: a 32 px PNG every page links
+    and a 180 px apple-touch-icon, fingerprinted like every asset. Its source decoded fine in a
+    worker already, so decoding it here again is safe."""
+    if not sources:
+        return []
+    made = {name: cache.derived(f"{name} {encode.ENCODER_VERSION}", sources[0].data, make)
+            for name, make in (("favicon.png", encode.favicon_png), ("apple-touch-icon.png", encode.touch_icon))}
+    return [Asset(name, data, "image/png", *_png_size(data)) for name, data in made.items()]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
 
 
 def _build_id(manifest_bytes: bytes, content: Content, today: dt.date) -> str:

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from collections.abc import Callable
 from pathlib import Path
 
-from .model import EncodedIcon, SourceIcon, Variant
+from .model import EncodedIcon, Rendition, SourceIcon, Variant
 
 
 def cache_key(source: SourceIcon, encoder_version: str) -> str:
@@ -31,12 +31,13 @@ class EncodeCache:
         entry = self.directory / key[:2] / key
         try:
             meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-            variants = tuple(Variant(v["format"], (entry / v["file"]).read_bytes(), v["detail"], v["ssim"])
-                             for v in meta["variants"])
+            renditions = tuple(Rendition(r["density"], r["width"], r["height"], tuple(
+                Variant(v["format"], (entry / v["file"]).read_bytes(), v["detail"], v["ssim"]) for v in r["variants"]))
+                for r in meta["renditions"])
         except (OSError, ValueError, KeyError, TypeError):
             return None  # missing or damaged: encode again
         return EncodedIcon(source.spec.name, source.spec.slug, meta["width"], meta["height"], len(source.data),
-                           variants, reused=True)
+                           renditions, reused=True)
 
     def derived(self, kind: str, source: bytes, make: Callable[[bytes], bytes]) -> bytes:
         """make(source), remembered by the hash of `kind` (which names the maker and its version)
@@ -60,12 +61,16 @@ class EncodeCache:
         temp = entry.with_name(f".{key}.{os.getpid()}.tmp")
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
-        variants = []
-        for index, variant in enumerate(icon.variants):
-            name = f"{index}.{variant.format}"
-            (temp / name).write_bytes(variant.data)
-            variants.append({"format": variant.format, "file": name, "detail": variant.detail, "ssim": variant.ssim})
-        meta = {"width": icon.width, "height": icon.height, "variants": variants}
+        renditions = []
+        for index, rendition in enumerate(icon.renditions):
+            variants = []
+            for variant in rendition.variants:
+                name = f"{index}.{variant.format}"
+                (temp / name).write_bytes(variant.data)
+                variants.append({"format": variant.format, "file": name, "detail": variant.detail, "ssim": variant.ssim})
+            renditions.append({"density": rendition.density, "width": rendition.width, "height": rendition.height,
+                               "variants": variants})
+        meta = {"width": icon.width, "height": icon.height, "renditions": renditions}
         (temp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         try:
             os.rename(temp, entry)

@@ -210,12 +210,16 @@ def _outcome(report: RunReport) -> str:
 
 
 def _format_bytes(report: RunReport) -> list[str]:
+    """Per format: the icons served in it and what their first-density files weigh against the
+    sources (what a 1x screen downloads), with the count of files at every density."""
     out = []
     for fmt in ("avif", "webp", "png"):
-        pairs = [(e.source_bytes, len(v.data)) for e in report.encoded for v in e.variants if v.format == fmt]
-        if pairs:
-            source, output = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-            out.append(f"{fmt} {len(pairs)} icons {_delta(source, output)}")
+        served = [(e, [v for r in e.renditions for v in r.variants if v.format == fmt]) for e in report.encoded]
+        served = [(e, files) for e, files in served if files]
+        if served:
+            source, first = sum(e.source_bytes for e, _ in served), sum(len(files[0].data) for _, files in served)
+            count = sum(len(files) for _, files in served)
+            out.append(f"{fmt} {len(served)} icons ({count} files), 1x {_delta(source, first)}")
     return out or ["no icons"]
 
 

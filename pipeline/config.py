@@ -27,6 +27,7 @@ from .model import (
     IconSpec,
     IndexNowSettings,
     PublishSettings,
+    RenderSettings,
     Reward,
     SiteConfig,
 )
@@ -57,6 +58,7 @@ def load_site(root: Path) -> SiteConfig:
     publish = _section(settings, "publish", PublishSettings, problems)
     defaults = _section(settings, "encode", EncodeSettings, problems)
     indexnow = _section(settings, "indexnow", IndexNowSettings, problems)
+    render = _section(settings, "render", RenderSettings, problems)
     if indexnow.key and not INDEXNOW_KEY.match(indexnow.key):
         problems.append(f"site.toml: [indexnow] key must be 8-128 characters of A-Z, a-z, 0-9 and '-', got {indexnow.key[:20]!r}")
     if indexnow.key and (problem := url_problem(indexnow.endpoint)):
@@ -71,7 +73,7 @@ def load_site(root: Path) -> SiteConfig:
         icons = ()
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the site configuration; nothing was built", tuple(problems))
-    return SiteConfig(root, title, base_url, content, icons, fetch, publish, indexnow, jobs)
+    return SiteConfig(root, title, base_url, content, icons, fetch, publish, indexnow, render, jobs)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -92,6 +94,11 @@ def _section(settings: dict[str, Any], name: str, cls: type, problems: list[str]
     for key, value in table.items():
         if key not in known:
             problems.append(f"site.toml: [{name}] unknown key {key!r}; known: {', '.join(known)}")
+        elif cls is EncodeSettings and key in _OPTION_PARSERS:
+            try:
+                values[key] = _OPTION_PARSERS[key](value)
+            except (TypeError, ValueError) as error:
+                problems.append(f"site.toml: [{name}] {key} {error}, got {value!r}")
         elif not _same_type(value, known[key]):
             problems.append(f"site.toml: [{name}] {key} must be {type(known[key]).__name__}, got {value!r}")
         else:
@@ -171,11 +178,16 @@ def _icon_spec(name: str, node: yaml.Node, where: str, defaults: EncodeSettings,
     return IconSpec(name, slugify(name), url, alt, settings, int(where.rsplit(":", 1)[1]))
 
 
+MAX_DISPLAY = 1024  # CSS px; an icon box larger than this is not an icon
+MAX_DENSITY = 4.0
+
 _OPTION_PARSERS = {
-    "ssim_floor": lambda s: _ranged(float(s), 0.5, 1.0),
+    "ssim_floor": lambda s: _ranged(_number(s), 0.5, 1.0),
     "avif": lambda s: _boolean(s),
     "lossless_only": lambda s: _boolean(s),
-    "png_level": lambda s: int(_ranged(int(s), 0, 6)),
+    "png_level": lambda s: _whole(s, 0, 6),
+    "display": lambda s: _whole(s, 0, MAX_DISPLAY),
+    "densities": lambda s: _densities(s),
 }
 
 
@@ -189,9 +201,43 @@ def _encode_options(name: str, options: dict[str, Any], where: str, defaults: En
         try:
             values[key] = parser(raw)
         except (TypeError, ValueError) as error:
-            problems.append(f"{where}: icon {name!r} option {key} {error}, got {raw!r}")
+            problems.append(f"{where}: icon {name!r} option {key} {error}, got {_shown(raw)}")
             return None
     return EncodeSettings(**{**defaults.__dict__, **values})
+
+
+def _shown(raw: Any) -> str:
+    """A YAML value as the user wrote it, for messages."""
+    if isinstance(raw, yaml.SequenceNode):
+        return "[" + ", ".join(v.value if isinstance(v, yaml.ScalarNode) else "..." for v in raw.value) + "]"
+    return "a mapping" if isinstance(raw, yaml.MappingNode) else repr(raw)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    return float(value)
+
+
+def _whole(value: Any, low: int, high: int) -> int:
+    """A whole number from TOML (int) or YAML (text), in [low, high]: no bools, no 40.5."""
+    if isinstance(value, bool) or not (isinstance(value, int) or re.fullmatch(r"[0-9]{1,9}", str(value))):
+        raise ValueError(f"must be a whole number from {low} to {high}")
+    return int(_ranged(int(value), low, high))
+
+
+def _densities(value: Any) -> tuple[float, ...]:
+    """[1, 2, 3] from TOML (a list) or YAML (a sequence node): ascending, no repeats."""
+    items = [v.value if isinstance(v, yaml.ScalarNode) else v for v in getattr(value, "value", value)] \
+        if isinstance(value, (list, yaml.SequenceNode)) else None
+    message = f"must be a list of 1 to 6 screen densities from 1 to {MAX_DENSITY:g}, like [1, 2, 3]"
+    if not items or len(items) > 6:
+        raise ValueError(message)
+    try:
+        numbers = sorted({_ranged(_number(item), 1.0, MAX_DENSITY) for item in items})
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    return tuple(numbers)
 
 
 def _ranged(value: float, low: float, high: float) -> float:

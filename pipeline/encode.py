@@ -16,19 +16,20 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import oxipng
 from PIL import Image, ImageCms, ImageOps, features
 
 from .errors import ImageError
-from .model import EncodedIcon, EncodeSettings, SourceIcon, Variant
+from .model import EncodedIcon, EncodeSettings, Rendition, SourceIcon, Variant
 
 if TYPE_CHECKING:
     import numpy as np
 
 # Bump when the bytes this module produces for the same input and settings change.
-ENCODER_VERSION = "1"
+ENCODER_VERSION = "2"
 LIBRARY_VERSIONS = f"Pillow {Image.__version__}, libwebp {features.version('webp')}, libavif {features.version('avif')}"
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "AVIF")
@@ -40,20 +41,109 @@ _SRGB = ImageCms.createProfile("sRGB")
 
 
 def encode_icon(source: SourceIcon) -> EncodedIcon:
-    """Decode, normalise and encode one icon into its variants, best first, PNG last."""
+    """Decode, normalise, resize to each density and encode. Every density is served in the same
+    formats, so each <source> can list them all: AVIF only where it passes the floor at every
+    density and costs fewer bytes in total than WebP, WebP only where it beats the PNG fallback."""
     where = f"icon {source.spec.name!r} ({source.spec.url})"
     image = decode(source.data, where)
     settings = source.spec.settings
-    png = encode_png(image, source.data, settings.png_level)
+    sizes = plan_sizes(image.width, image.height, settings.display, settings.densities)
+    encoded = [_encode_size(resize(image, (size.width, size.height)), source.data, settings) for size in sizes]
+    formats = _served_formats(encoded)
+    renditions = tuple(Rendition(size.density, size.width, size.height, tuple(found[f] for f in formats))
+                       for size, found in zip(sizes, encoded))
+    box = _display_box(image.width, image.height, settings.display)
+    return EncodedIcon(source.spec.name, source.spec.slug, box[0], box[1], len(source.data), renditions)
+
+
+@dataclass(frozen=True)
+class Size:
+    density: float
+    width: int
+    height: int
+
+
+def plan_sizes(width: int, height: int, display: int, densities: tuple[float, ...]) -> list[Size]:
+    """One size per density: the longer side `display x d`, capped at the source (never upscaled).
+    A density capped to the size of a lower one adds nothing and is dropped; a capped one is
+    labelled with the density it really has (a 64 px source at 40 px: 1x, then 1.6x)."""
+    longer = max(width, height)
+    if display == 0:
+        return [Size(1.0, width, height)]
+    sizes: list[Size] = []
+    for density in sorted(densities):
+        wanted = round(display * density)
+        side = min(wanted, longer)
+        if sizes and side <= max(sizes[-1].width, sizes[-1].height):
+            continue
+        label = density if side == wanted else max(round(side / display, 3), min(densities))
+        sizes.append(Size(float(label), *_scaled(width, height, side)))
+    return sizes
+
+
+def _display_box(width: int, height: int, display: int) -> tuple[int, int]:
+    return (width, height) if display == 0 else _scaled(width, height, display)
+
+
+def _scaled(width: int, height: int, longer_side: int) -> tuple[int, int]:
+    scale = longer_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _encode_size(image: Image.Image, source: bytes, settings: EncodeSettings) -> dict[str, Variant | None]:
+    png = encode_png(image, source, settings.png_level)
     webp = choose(image, settings, webp_candidates)
-    assert webp is not None  # lossless WebP always qualifies
-    variants = [webp]
+    avif = None
     if settings.avif and features.check("avif") and not settings.lossless_only:
         avif = choose(image, settings, avif_candidates)
-        if avif is not None and len(avif.data) < len(webp.data):
-            variants.insert(0, avif)
-    variants = [v for v in variants if len(v.data) < len(png.data)] + [png]
-    return EncodedIcon(source.spec.name, source.spec.slug, image.width, image.height, len(source.data), tuple(variants))
+    return {"avif": avif, "webp": webp, "png": png}
+
+
+def _served_formats(encoded: list[dict[str, Variant | None]]) -> list[str]:
+    def total(fmt: str) -> float:
+        sizes = [found[fmt] for found in encoded]
+        return sum(len(v.data) for v in sizes if v is not None) if all(sizes) else float("inf")
+
+    formats = [f for f in ("avif", "webp") if total(f) < total("png")]
+    if "avif" in formats and "webp" in formats and total("avif") >= total("webp"):
+        formats.remove("avif")
+    return [*formats, "png"]
+
+
+# ---- resize -------------------------------------------------------------------------------------
+
+
+def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Lanczos in linear light over premultiplied alpha: averaging gamma-encoded values darkens
+    edges and fine detail, and averaging colour without its alpha lets the (often black) colour
+    of transparent pixels bleed into the edge as a dark fringe."""
+    if image.size == size:
+        return image
+    import numpy as np
+
+    rgba = np.asarray(image, dtype=np.float32) / 255.0
+    alpha = rgba[..., 3]
+    linear = _to_linear(rgba[..., :3]) * alpha[..., None]
+    planes = [*np.moveaxis(linear, -1, 0), alpha]
+    small = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize(size, Image.Resampling.LANCZOS))
+             for p in planes]
+    out_alpha = np.clip(small[3], 0.0, 1.0)
+    colour = np.stack(small[:3], axis=-1) / np.where(out_alpha > 0, out_alpha, 1.0)[..., None]
+    colour = np.where(out_alpha[..., None] > 0, _to_srgb(np.clip(colour, 0.0, 1.0)), 0.0)
+    pixels = np.dstack([colour, out_alpha[..., None]])
+    return Image.fromarray(np.round(pixels * 255.0).astype(np.uint8))
+
+
+def _to_linear(srgb: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+
+
+def _to_srgb(linear: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
 
 
 # ---- decode -------------------------------------------------------------------------------------
@@ -218,9 +308,25 @@ def encode_png(image: Image.Image, source: bytes, level: int) -> Variant:
     return Variant("png", min(candidates, key=len), "oxipng", 1.0)
 
 
-def favicon(png: bytes) -> bytes:
-    """/favicon.ico from an icon's PNG fallback: browsers ask for it whether a page links one or not."""
-    return _save(Image.open(io.BytesIO(png)).convert("RGBA"), "ICO", sizes=[(16, 16), (32, 32), (48, 48)])
+def favicon_ico(source: bytes) -> bytes:
+    """/favicon.ico, for the clients that ask for it whatever the page links: 16 and 32 px only."""
+    image = decode(source, "the site icon")
+    return _save(resize(image, _scaled(*image.size, 32)), "ICO", sizes=[(16, 16), (32, 32)])
+
+
+def favicon_png(source: bytes) -> bytes:
+    """The 32 px icon every page links (<link rel=icon>), fingerprinted like any asset."""
+    image = decode(source, "the site icon")
+    return encode_png(resize(image, _scaled(*image.size, 32)), b"", 2).data
+
+
+def touch_icon(source: bytes) -> bytes:
+    """180 px apple-touch-icon: opaque (iOS fills transparency with black), the icon inset on white."""
+    image = decode(source, "the site icon")
+    inner = resize(image, _scaled(*image.size, 148))
+    tile = Image.new("RGBA", (180, 180), (255, 255, 255, 255))
+    tile.alpha_composite(inner, ((180 - inner.width) // 2, (180 - inner.height) // 2))
+    return encode_png(tile.convert("RGB").convert("RGBA"), b"", 2).data
 
 
 def _save(image: Image.Image, fmt: str, **options: object) -> bytes:

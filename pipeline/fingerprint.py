@@ -11,7 +11,7 @@ import hashlib
 import posixpath
 from collections.abc import Iterable
 
-from .model import Asset, EncodedIcon, IconRef, IconSource, Manifest, ManifestEntry
+from .model import MIME, Asset, Candidate, EncodedIcon, IconRef, IconSource, Manifest, ManifestEntry
 
 HASH_LENGTH = 10  # hex digits of SHA-256: 40 bits, no collision among a site's few thousand assets
 
@@ -35,17 +35,26 @@ def sri(data: bytes) -> str:
 
 
 def icon_assets(icon: EncodedIcon) -> list[Asset]:
-    return [Asset(f"icons/{icon.slug}.{v.format}", v.data, v.mime, icon.width, icon.height) for v in icon.variants]
+    return [Asset(icon_logical(icon.slug, r.density, i, v.format), v.data, v.mime, r.width, r.height)
+            for i, r in enumerate(icon.renditions) for v in r.variants]
+
+
+def icon_logical(slug: str, density: float, index: int, fmt: str) -> str:
+    """"icons/denny.webp" for the first density, "icons/denny@2x.webp" for the others."""
+    return f"icons/{slug}.{fmt}" if index == 0 else f"icons/{slug}@{density:g}x.{fmt}"
 
 
 def icon_refs(icons: Iterable[EncodedIcon], alts: dict[str, str], manifest: Manifest) -> dict[str, IconRef]:
-    """ICON_MAP: reward name -> hashed URLs per format, best first, the PNG as the fallback."""
+    """ICON_MAP: reward name -> hashed URLs per format and density, best format first, the PNG
+    as the <img>."""
     refs = {}
     for icon in icons:
-        urls = [(v.mime, manifest.entries[f"icons/{icon.slug}.{v.format}"].url) for v in icon.variants]
-        *sources, (_png, fallback) = urls
-        refs[icon.name] = IconRef(icon.name, alts.get(icon.name, icon.name), icon.width, icon.height,
-                                  tuple(IconSource(mime, url) for mime, url in sources), fallback)
+        formats = [v.format for v in icon.renditions[0].variants]
+        by_format = [IconSource(MIME[fmt], tuple(
+            Candidate(manifest.entries[icon_logical(icon.slug, r.density, i, fmt)].url, r.density, r.width, r.height)
+            for i, r in enumerate(icon.renditions))) for fmt in formats]
+        *sources, png = by_format
+        refs[icon.name] = IconRef(icon.name, alts.get(icon.name, icon.name), icon.width, icon.height, tuple(sources), png)
     return refs
 
 

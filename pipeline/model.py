@@ -31,6 +31,8 @@ class EncodeSettings:
     avif: bool = True  # try AVIF and keep it only where it is smaller than the WebP
     lossless_only: bool = False  # skip the lossy search (pixel art, logos with hard edges)
     png_level: int = 2  # oxipng level: 4 took 3x the time of 2 for the same bytes on the default icons
+    display: int = 40  # CSS px of the icon's box (its longer side); 0 = no resizing, one file at source size
+    densities: tuple[float, ...] = (1.0, 2.0, 3.0)  # screen densities to make a file for, never upscaled
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class IndexNowSettings:
 
 
 @dataclass(frozen=True)
+class RenderSettings:
+    eager: int = 6  # the first N icons in each page load at once; the rest are lazy
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     root: Path
     title: str
@@ -76,6 +83,7 @@ class SiteConfig:
     fetch: FetchSettings = FetchSettings()
     publish: PublishSettings = PublishSettings()
     indexnow: IndexNowSettings = IndexNowSettings()
+    render: RenderSettings = RenderSettings()
     jobs: int = 0  # encode worker processes; 0 = one per core
 
     @property
@@ -174,14 +182,29 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Rendition:
+    """An icon at one screen density: one file per format the icon is served in."""
+
+    density: float  # the srcset descriptor: 2.0 for "2x"; 1.6 for a 64 px source capped below 2x of 40
+    width: int
+    height: int
+    variants: tuple[Variant, ...]  # best first, the PNG fallback last; the same formats at every density
+
+
+@dataclass(frozen=True)
 class EncodedIcon:
     name: str
     slug: str
-    width: int
+    width: int  # the CSS box the page draws it in: the display size, aspect kept (or the source size)
     height: int
     source_bytes: int
-    variants: tuple[Variant, ...]  # best first, the PNG fallback last
+    renditions: tuple[Rendition, ...]  # ascending density; the first is what an old browser gets
     reused: bool = False  # True when it came from the encode cache
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """Every file of every density."""
+        return tuple(v for r in self.renditions for v in r.variants)
 
 
 # ---- stage 3: fingerprint ---------------------------------------------------------------------
@@ -220,9 +243,34 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class IconSource:
-    mime: str
+class Candidate:
+    """One file of a srcset."""
+
     url: str
+    density: float
+    width: int
+    height: int
+
+    @property
+    def descriptor(self) -> str:
+        return f"{self.density:g}x"
+
+
+@dataclass(frozen=True)
+class IconSource:
+    """One format of an icon at every density: a <source>, or the PNG of the <img>."""
+
+    mime: str
+    candidates: tuple[Candidate, ...]  # ascending density
+
+    @property
+    def url(self) -> str:
+        """The lowest density: what a browser that knows no srcset loads."""
+        return self.candidates[0].url
+
+    @property
+    def srcset(self) -> str:
+        return ", ".join(f"{c.url} {c.descriptor}" for c in self.candidates)
 
 
 @dataclass(frozen=True)
@@ -231,10 +279,20 @@ class IconRef:
 
     name: str
     alt: str
-    width: int
+    width: int  # the CSS box, whichever density loads
     height: int
-    sources: tuple[IconSource, ...]  # best first: AVIF where made, then WebP
-    fallback: str  # the PNG, for <img src>
+    sources: tuple[IconSource, ...]  # best first: AVIF where kept, then WebP
+    png: IconSource  # the <img>: src = its first file, srcset = the rest
+
+    @property
+    def fallback(self) -> str:
+        return self.png.url
+
+    @property
+    def img_srcset(self) -> str:
+        """The <img>'s srcset: its src already stands for 1x, so a 1x candidate is left out."""
+        rest = [c for c in self.png.candidates if c.density != 1.0]
+        return ", ".join(f"{c.url} {c.descriptor}" for c in rest)
 
 
 # ---- stage 4/5: render, minify -----------------------------------------------------------------
@@ -287,13 +345,6 @@ class PingResult:
 
 
 # ---- the run ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FormatBytes:
-    format: str
-    source: int
-    output: int
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,13 @@ from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+import brotli
+
 from .errors import PublishError
 from .model import PublishResult, PublishSettings
 
 RELEASE = re.compile(r"^r(\d{6,})$")
-COMPRESSIBLE = (".html", ".css", ".js", ".json", ".xml", ".txt", ".svg")
+COMPRESSIBLE = (".html", ".css", ".js", ".json", ".xml", ".txt", ".svg")  # get a .gz and a .br where it pays
 PAGE_TYPES = (".html", ".json", ".xml", ".txt")  # what a reader or a crawler sees as content
 NOT_CONTENT = {"manifest.json"}
 Checkpoint = Callable[[str], None]  # named points in a run; the test-only crash points hook in here
@@ -128,28 +130,53 @@ def _write_release(staging: Path, files: dict[str, bytes], built: dict[str, str]
         target = staging / path
         _mkdirs(staging, target.parent)
         if live_dir and same.get(path) == built[path] and _link_if_exists(live_dir / path, target):
-            _link_if_exists(live_dir / f"{path}.gz", target.with_name(target.name + ".gz"))
+            _link_siblings(live_dir / path, target)
             continue
         _write_file(target, data)
         written, byte_count = written + 1, byte_count + len(data)
         if written == 1:
             checkpoint("mid_write")
-        if path.endswith(COMPRESSIBLE) and (packed := _gzip(data)) is not None:
-            _write_file(target.with_name(target.name + ".gz"), packed)
-            written, byte_count = written + 1, byte_count + len(packed)
+        if path.endswith(COMPRESSIBLE):
+            for suffix, packed in _precompressed(data):
+                _write_file(target.with_name(target.name + suffix), packed)
+                written, byte_count = written + 1, byte_count + len(packed)
     for path in sorted(retained - set(files)):
         target = staging / path
         if live_dir is not None and (live_dir / path).is_file():
             _mkdirs(staging, target.parent)
             _link_if_exists(live_dir / path, target)
-            _link_if_exists(live_dir / f"{path}.gz", target.with_name(target.name + ".gz"))
+            _link_siblings(live_dir / path, target)
     return written, byte_count
+
+
+def _link_siblings(source: Path, target: Path) -> None:
+    """Hard-link the precompressed copies that sit beside `source` (those it has) beside `target`."""
+    for suffix in COMPRESSED:
+        _link_if_exists(source.with_name(source.name + suffix), target.with_name(target.name + suffix))
+
+
+def _precompressed(data: bytes) -> list[tuple[str, bytes]]:
+    """(suffix, bytes) of each precompressed copy worth serving in place of `data`."""
+    return [(suffix, packed) for suffix, compress in COMPRESSED.items() if (packed := compress(data)) is not None]
 
 
 def _gzip(data: bytes) -> bytes | None:
     """Precompressed for nginx gzip_static; mtime 0 so equal input gives equal bytes."""
-    packed = gzip.compress(data, compresslevel=9, mtime=0)
+    return _if_smaller(gzip.compress(data, compresslevel=9, mtime=0), data)
+
+
+def _brotli(data: bytes) -> bytes | None:
+    """Precompressed for browsers that accept br (deploy/nginx.conf serves it); quality 11, the
+    slowest and smallest, paid once per build. No timestamp in it: equal input, equal bytes."""
+    return _if_smaller(brotli.compress(data, quality=11), data)
+
+
+def _if_smaller(packed: bytes, data: bytes) -> bytes | None:
+    """Worth a file only when it saves at least 5%: below that, the plain file is served."""
     return packed if len(packed) < len(data) * 0.95 else None
+
+
+COMPRESSED: dict[str, Callable[[bytes], bytes | None]] = {".gz": _gzip, ".br": _brotli}  # sibling suffix -> compressor
 
 
 def _mkdirs(root: Path, directory: Path) -> None:

@@ -1,7 +1,8 @@
 """Stage 4: SiteView -> pages. Pure given the templates folder.
 
 Jinja2 with autoescape and StrictUndefined. Templates get `ICON_MAP` (name -> IconRef),
-`icon(name)`, `asset_url(logical)`, the content and the site; `_macros.html` draws <picture>.
+`icon(name)`, `asset_url(logical)`, `icon_loading()`, the content and the site; `_macros.html`
+draws <picture>.
 Every template error, an unknown icon included, is reported as templates/FILE:LINE.
 Besides the HTML pages (every templates/*.html not starting with "_"), this stage writes
 codes.json, sitemap.xml and robots.txt.
@@ -24,13 +25,20 @@ class UnknownName(LookupError):
     """A template asked for an icon or asset that does not exist."""
 
 
-def render_pages(templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None) -> tuple[Page, ...]:
-    """`bytecode_dir`: where Jinja2 may keep compiled templates (saves ~30 ms a run)."""
+def render_pages(templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None,
+                 eager: int = 6) -> tuple[Page, ...]:
+    """`bytecode_dir`: where Jinja2 may keep compiled templates (saves ~30 ms a run).
+    `eager`: how many icons, in document order, each page loads at once (the first screen)."""
     env = _environment(templates_dir, view, bytecode_dir)
     names = sorted(n for n in env.list_templates(extensions=["html"]) if not Path(n).name.startswith("_"))
     if "index.html" not in names:
         raise TemplateError(f"{templates_dir.name}/index.html is missing; every site needs a home page")
-    pages = [Page(name, _render(env, templates_dir, name, view).encode("utf-8")) for name in names]
+    loading = _LoadingOrder(eager)
+    env.globals["icon_loading"] = loading  # a global: imported macros see globals, not the page's context
+    pages = []
+    for name in names:
+        loading.restart()
+        pages.append(Page(name, _render(env, templates_dir, name, view).encode("utf-8")))
     pages.append(Page("codes.json", codes_json(view).encode("utf-8")))
     pages.append(Page("sitemap.xml", sitemap(view, [p.path for p in pages if p.path.endswith(".html")]).encode()))
     pages.append(Page("robots.txt", f"User-agent: *\nAllow: /\nSitemap: {view.base_url}/sitemap.xml\n".encode()))
@@ -104,12 +112,28 @@ def _message(error: BaseException) -> str:
     return text
 
 
+class _LoadingOrder:
+    """`icon_loading()` in a template: "eager" for the first N icons a page draws, then "lazy".
+    Jinja renders a page top to bottom (blocks included), so call order is document order."""
+
+    def __init__(self, eager: int) -> None:
+        self.eager = self.left = eager
+
+    def restart(self) -> None:
+        self.left = self.eager
+
+    def __call__(self) -> str:
+        self.left -= 1
+        return "eager" if self.left >= 0 else "lazy"
+
+
 def icon_map_json(icons: dict[str, IconRef]) -> str:
     """ICON_MAP as a JSON object, for `|safe` inside <script>: <, >, & and U+2028/9 are escaped,
     so no name or alt text can close the script element or break the JS string."""
     data = {name: {
         "alt": ref.alt, "width": ref.width, "height": ref.height, "png": ref.fallback,
         **{s.mime.split("/")[1]: s.url for s in ref.sources},
+        "srcset": {s.mime.split("/")[1]: s.srcset for s in (*ref.sources, ref.png)},
     } for name, ref in sorted(icons.items())}
     return _html_safe_json(data)
 

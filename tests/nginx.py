@@ -13,7 +13,9 @@ nginx runs in the foreground (`daemon off;`) as a child of the test, with its pi
 temp dirs in a private temp prefix, `worker_processes 1`, and an http block that includes
 /etc/nginx/mime.types and the shipped server block with only its `listen` and `root` lines
 rewritten (to 127.0.0.1:<free port> and <site>/dist/current). It is stopped by PID: SIGTERM,
-a bounded wait, then SIGKILL to its process group.
+a bounded wait, then SIGKILL to its process group. The main config loads no dynamic module
+(`load_module`) on purpose: the shipped block must work on a stock nginx, brotli included (it
+serves the .br files with core directives; see the Compression notes in deploy/nginx.conf).
 
 Permissions: when the tests run as root the master stays root but the workers drop to `nobody`
 (no `user` line), as production workers drop to www-data. That is deliberate: it proves the files

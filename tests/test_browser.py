@@ -25,6 +25,7 @@ Visits:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -61,10 +62,14 @@ WEIGHT_BUDGET = 64_000       # bytes on the wire for the whole page; it is ~20 k
 MEDIA_TYPES = {".avif": "image/avif", ".webp": "image/webp", ".png": "image/png", ".css": "text/css",
                ".html": "text/html", "/": "text/html"}
 SOURCE_TAG = re.compile(r"<source\b[^>]*>", re.IGNORECASE)
-# Chromium asks for /favicon.ico by itself (the build writes one from the first icon). It is not a
-# resource the page names, so it is kept out of the problems and the page weight; anything odd
-# about it is reported as a note (and in the terminal summary) instead.
+# Chromium asks for the site icon by itself: the <link rel=icon> PNG the pages name, or
+# /favicon.ico. It is not part of what the page draws, so it is kept out of the page weight and
+# the image checks; anything odd about it is reported as a note (and in the terminal summary).
 FAVICON = "/favicon.ico"
+
+
+def is_site_icon(path: str) -> bool:
+    return path == FAVICON or path.startswith(("/assets/favicon.", "/assets/apple-touch-icon."))
 
 
 # ---- finding Chromium ------------------------------------------------------------------------
@@ -107,6 +112,8 @@ class Problem:
 class Visit:
     mode: str
     javascript: bool
+    dpr: float = 1.0                                               # the emulated device scale factor
+    base: str = ""
     problems: list[Problem] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)    # one per <img>, in page order
     resources: list[dict[str, Any]] = field(default_factory=list)  # navigation + resource timing
@@ -177,7 +184,7 @@ DESCRIBE_IMAGES = """() => [...document.images].map((img, index) => {
   const box = img.getBoundingClientRect();
   const parent = img.parentElement;
   return {
-    index, alt: img.alt, src: img.getAttribute("src"), currentSrc: img.currentSrc,
+    index, alt: img.alt, src: img.getAttribute("src"), srcset: img.getAttribute("srcset"), currentSrc: img.currentSrc,
     complete: img.complete, naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight,
     width: img.getAttribute("width"), height: img.getAttribute("height"),
     box: [box.x + scrollX, box.y + scrollY, box.width, box.height],
@@ -201,17 +208,52 @@ def strip_sources(html: str) -> str:
     return SOURCE_TAG.sub("", html)
 
 
-def best_source(image: dict[str, Any]) -> str:
-    """The URL a modern browser should show: the AVIF <source>, else the WebP one, else src."""
+def candidates(srcset: str) -> list[tuple[str, float]]:
+    """"a 1x, b 1.6x" -> [("a", 1.0), ("b", 1.6)] (density descriptors only: that is what we write)."""
+    out = []
+    for part in filter(None, (p.strip() for p in srcset.split(","))):
+        url, _, descriptor = part.partition(" ")
+        out.append((url, float(descriptor.strip().rstrip("x") or 1)))
+    return out
+
+
+def pick(options: list[tuple[str, float]], dpr: float) -> tuple[str, float]:
+    """The candidate Chromium takes for a screen of `dpr` (HTMLSrcsetParser's PickCandidate): the
+    first whose density reaches the screen's, else the densest; the one below it instead when the
+    screen's density is under the geometric mean of the two."""
+    ordered = sorted(options, key=lambda c: c[1])
+    index = next((i for i, c in enumerate(ordered) if c[1] >= dpr), len(ordered) - 1)
+    if index > 0 and (ordered[index - 1][1] * ordered[index][1]) ** 0.5 > dpr:
+        index -= 1
+    return ordered[index]
+
+
+def img_candidates(image: dict[str, Any]) -> list[tuple[str, float]]:
+    """The <img>'s own choice: src as 1x, plus its srcset."""
+    extra = candidates(image.get("srcset") or "")
+    return ([] if any(d == 1.0 for _u, d in extra) else [(image["src"], 1.0)]) + extra
+
+
+def best_source(image: dict[str, Any], dpr: float = 1.0) -> str:
+    """The URL a modern browser should show: from the AVIF <source>, else the WebP one, else the
+    <img>, the density that suits the screen."""
     by_type = {source["type"]: source["srcset"] for source in image["sources"]}
-    return by_type.get("image/avif") or by_type.get("image/webp") or image["src"]
+    srcset = by_type.get("image/avif") or by_type.get("image/webp")
+    return pick(candidates(srcset) if srcset else img_candidates(image), dpr)[0]
+
+
+def expected_density(image: dict[str, Any], dpr: float, old: bool) -> float:
+    by_type = {source["type"]: source["srcset"] for source in image["sources"]}
+    srcset = None if old else (by_type.get("image/avif") or by_type.get("image/webp"))
+    return pick(candidates(srcset) if srcset else img_candidates(image), dpr)[1]
 
 
 def visit(browser: Any, base: str, *, mode: str = "modern", javascript: bool = True,
-          check_icon_map: bool = True, screenshot: Path | None = None) -> Visit:
-    """Load `base`/ in a fresh context as `mode` ("modern", "old" or "held"), scroll the whole
-    page so every lazy icon loads, and return what was seen plus every Problem found."""
-    result = Visit(mode, javascript)
+          check_icon_map: bool = True, screenshot: Path | None = None, dpr: float = 1.0) -> Visit:
+    """Load `base`/ in a fresh context as `mode` ("modern", "old" or "held") on a screen of
+    device scale factor `dpr`, scroll the whole page so every lazy icon loads, and return what
+    was seen plus every Problem found."""
+    result = Visit(mode, javascript, dpr, base)
     held: list[Any] = []
     releasing = False
 
@@ -221,7 +263,8 @@ def visit(browser: Any, base: str, *, mode: str = "modern", javascript: bool = T
         else:
             route.continue_()
 
-    context = browser.new_context(viewport=VIEWPORT, java_script_enabled=javascript, service_workers="block")
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=dpr, java_script_enabled=javascript,
+                                  service_workers="block")
     try:
         context.set_default_timeout(TIMEOUT_MS)
         context.set_default_navigation_timeout(TIMEOUT_MS)
@@ -298,8 +341,8 @@ def _listen(page: Any, result: Visit) -> None:
     def on_response(response: Any) -> None:
         path = path_of(response.url)
         if response.status >= 400:
-            if path == FAVICON:
-                result.notes.append(f"{FAVICON} answered {response.status}")
+            if is_site_icon(path):
+                result.notes.append(f"{path} answered {response.status}")
             else:
                 result.problem("http", path, f"answered {response.status}")
             return
@@ -319,8 +362,8 @@ def _listen(page: Any, result: Visit) -> None:
         if message.type != "error":
             return
         path = path_of((message.location or {}).get("url", ""))
-        if path == FAVICON:
-            result.notes.append(f"{FAVICON}: {message.text}")
+        if is_site_icon(path):
+            result.notes.append(f"{path}: {message.text}")
         else:
             result.problem("console", path, message.text)
 
@@ -354,11 +397,11 @@ def _check_images(result: Visit, icon_map: dict[str, Any] | None) -> None:
         label = f"img #{image['index']} ({image['alt']!r})"
         shown = path_of(image["currentSrc"])
         if result.mode == "old":
-            expected = image["src"]
+            expected = pick(img_candidates(image), result.dpr)[0]
             if image["sources"]:
                 result.problem("old_browser", image["sources"][0]["srcset"], f"{label}: <source> left in the old-browser page")
         else:
-            expected = best_source(image)
+            expected = best_source(image, result.dpr)
             if not image["inPicture"]:
                 result.problem("markup", image["src"] or "", f"{label} is not inside a <picture>")
             elif not any(s["type"] == "image/webp" for s in image["sources"]):
@@ -372,8 +415,16 @@ def _check_images(result: Visit, icon_map: dict[str, Any] | None) -> None:
         width, height = image["width"], image["height"]
         if not (width and height and width.isdigit() and height.isdigit()):
             result.problem("markup", image["src"] or "", f"{label} lacks numeric width/height attributes ({width!r}, {height!r})")
-        elif image["naturalWidth"] > 0 and (int(width), int(height)) != (image["naturalWidth"], image["naturalHeight"]):
-            result.problem("image", shown, f"{label} is {image['naturalWidth']}x{image['naturalHeight']} but its attributes say {width}x{height}")
+        elif image["naturalWidth"] > 0:
+            # naturalWidth is density-corrected (a 64 px file picked as 1.6x reports 40): it must be
+            # the box; the file itself must have the pixels of the box at that density.
+            density = expected_density(image, result.dpr, result.mode == "old")
+            wanted = (round(int(width) * density), round(int(height) * density))
+            pixels = image_pixels(result.base, shown)
+            if (image["naturalWidth"], image["naturalHeight"]) != (int(width), int(height)) or pixels != wanted:
+                result.problem("image", shown, f"{label} is a {pixels[0]}x{pixels[1]} file shown at "
+                                               f"{image['naturalWidth']}x{image['naturalHeight']}, but {width}x{height} "
+                                               f"at {density:g}x wants a {wanted[0]}x{wanted[1]} file")
         if icon_map is not None and result.mode != "old":
             _check_against_icon_map(result, image, label, by_png)
     if icon_map is not None and result.mode != "old":
@@ -381,6 +432,14 @@ def _check_images(result: Visit, icon_map: dict[str, Any] | None) -> None:
         for name, entry in icon_map.items():
             if entry.get("png") not in drawn:
                 result.problem("markup", entry.get("png") or "", f"ICON_MAP[{name!r}] is drawn nowhere on the page")
+
+
+@functools.lru_cache(maxsize=512)
+def image_pixels(base: str, path: str) -> tuple[int, int]:
+    """The pixel size of the file at `path`, fetched again (hashed names: the same bytes)."""
+    reply = httpx.get(base + path, timeout=HTTP_TIMEOUT)
+    with Image.open(io.BytesIO(reply.content)) as decoded:
+        return decoded.size
 
 
 def _check_against_icon_map(result: Visit, image: dict[str, Any], label: str,
@@ -391,10 +450,13 @@ def _check_against_icon_map(result: Visit, image: dict[str, Any], label: str,
         return
     name, entry = by_png[image["src"]]
     offered = {source["type"]: source["srcset"] for source in image["sources"]}
+    listed = entry.get("srcset") or {}
     for fmt in ("avif", "webp"):
-        if offered.get(f"image/{fmt}") != entry.get(fmt):
-            result.problem("markup", offered.get(f"image/{fmt}") or entry.get(fmt) or "",
-                           f"{label}: {fmt} <source> is {offered.get(f'image/{fmt}')!r}, ICON_MAP[{name!r}] says {entry.get(fmt)!r}")
+        if offered.get(f"image/{fmt}") != listed.get(fmt):
+            strays = [url for url, _d in candidates(offered.get(f"image/{fmt}") or "")
+                      if url not in {u for u, _d in candidates(listed.get(fmt) or "")}]
+            result.problem("markup", (strays or [listed.get(fmt) or ""])[0],
+                           f"{label}: {fmt} <source> is {offered.get(f'image/{fmt}')!r}, ICON_MAP[{name!r}] says {listed.get(fmt)!r}")
     if (image["width"], image["height"]) != (str(entry.get("width")), str(entry.get("height"))):
         result.problem("markup", image["src"], f"{label}: {image['width']}x{image['height']} but ICON_MAP[{name!r}] says {entry.get('width')}x{entry.get('height')}")
 
@@ -407,13 +469,14 @@ def _check_icon_map(result: Visit, base: str, icon_map: dict[str, Any] | None) -
         return
     with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT, follow_redirects=False) as client:
         for name, entry in icon_map.items():
-            for key in ("png", "webp", "width", "height", "alt"):
+            for key in ("png", "webp", "width", "height", "alt", "srcset"):
                 if key not in entry:
                     result.problem("icon_map", "", f"ICON_MAP[{name!r}] has no {key!r}")
-            for fmt in ("avif", "webp", "png"):
-                url = entry.get(fmt)
-                if url is None:
-                    continue
+            files = [(fmt, url, density) for fmt in ("avif", "webp", "png")
+                     for url, density in candidates((entry.get("srcset") or {}).get(fmt) or "")]
+            if entry.get("png") and (("png", entry["png"], 1.0) not in files):
+                result.problem("icon_map", entry["png"], f"ICON_MAP[{name!r}].png is not its srcset's 1x")
+            for fmt, url, density in files:
                 reply = client.get(url)
                 media = reply.headers.get("content-type", "").split(";")[0].strip()
                 if reply.status_code != 200:
@@ -427,8 +490,10 @@ def _check_icon_map(result: Visit, base: str, icon_map: dict[str, Any] | None) -
                 except Exception as error:  # noqa: BLE001 - any decode failure is the finding
                     result.problem("icon_map", url, f"ICON_MAP[{name!r}].{fmt} does not decode: {error}")
                     continue
-                if size != (entry.get("width"), entry.get("height")):
-                    result.problem("icon_map", url, f"ICON_MAP[{name!r}].{fmt} is {size[0]}x{size[1]}, entry says {entry.get('width')}x{entry.get('height')}")
+                box = (entry.get("width") or 0, entry.get("height") or 0)
+                if size != (round(box[0] * density), round(box[1] * density)):
+                    result.problem("icon_map", url, f"ICON_MAP[{name!r}].{fmt} at {density:g}x is {size[0]}x{size[1]}, "
+                                                    f"the entry's box is {box[0]}x{box[1]}")
 
 
 # ---- page weight -----------------------------------------------------------------------------
@@ -445,7 +510,7 @@ def weight(result: Visit, only: set[str] | None = None) -> dict[str, Any]:
     """Requests and bytes, from Resource Timing. `body` is encodedBodySize (the bytes of the body as
     sent: gzip for HTML and CSS); `transfer` is transferSize, which Chromium reports as the body
     plus a flat 300 bytes for the headers."""
-    entries = [e for e in result.resources if e["path"] != FAVICON
+    entries = [e for e in result.resources if not is_site_icon(e["path"])
                and (only is None or e["path"] in only or e["type"] == "document")]
     by_kind: dict[str, dict[str, int]] = {}
     for entry in entries:
@@ -541,9 +606,11 @@ def doctored_release(site: Path, name: str) -> Path:
 
 
 def rewrite_page(release: Path, html: str) -> None:
-    """Replace index.html and its precompressed twin (gzip_static would serve the old .gz)."""
+    """Replace index.html and its precompressed twins (gzip_static and brotli_static would serve
+    the old .gz and .br)."""
     (release / "index.html").write_text(html, encoding="utf-8")
     (release / "index.html.gz").write_bytes(gzip.compress(html.encode("utf-8"), 9, mtime=0))
+    (release / "index.html.br").unlink(missing_ok=True)
 
 
 # ---- tests -----------------------------------------------------------------------------------
@@ -557,7 +624,8 @@ def test_modern_browser_shows_every_icon_in_its_best_format(modern: Visit, built
     assert all(image["complete"] and image["naturalWidth"] > 0 for image in modern.images)
     assert [s.rsplit(".", 1)[-1] for s in shown] == [best_source(i).rsplit(".", 1)[-1] for i in modern.images]
     assert any(s.endswith(".avif") for s in shown) and any(s.endswith(".webp") for s in shown)
-    assert not any(p.endswith(".png") for p in modern.requested), "a modern browser fetched a PNG fallback"
+    assert not any(p.endswith(".png") and p.startswith("/assets/icons/") for p in modern.requested), \
+        "a modern browser fetched a PNG fallback"
     assert "gzip" in modern.accept_encoding
 
 
@@ -595,7 +663,7 @@ def test_full_page_screenshot_is_not_blank(modern: Visit) -> None:
         picture = image.convert("RGB")
     assert picture.width == VIEWPORT["width"]
     assert picture.height >= max(i["box"][1] + i["box"][3] for i in modern.images)
-    legend = {image["alt"]: image for image in modern.images}  # the last of each: the reward guide
+    legend = {image["src"]: image for image in modern.images}  # the last of each: the reward guide
     assert len(legend) >= 5
     for alt, image in legend.items():
         x, y, w, h = (round(v) for v in image["box"])
@@ -618,7 +686,7 @@ def test_page_weight(modern: Visit, old: Visit, record_figure: Callable[[str, An
         "modern_full_page": full,
         "old_browser_full_page": {**legacy, "note": "HTML fulfilled by the test without <source>s, uncompressed; icons are the PNGs"},
         "not_counted": {"favicon": sorted(set(modern.notes)),
-                        "favicon_timing": [e for e in modern.resources if e["path"] == FAVICON]},
+                        "favicon_timing": [e for e in modern.resources if is_site_icon(e["path"])]},
     }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "page-weight.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -666,18 +734,62 @@ def test_checker_reports_a_missing_fallback_png(browser: Any, built_site: Path, 
 def test_checker_reports_a_source_pointing_at_a_missing_file(browser: Any, built_site: Path,
                                                             nginx_server: Callable[..., str]) -> None:
     html = served_html(built_site)
-    avif = re.search(r'<source type="image/avif" srcset="(/assets/icons/polychrome\.[0-9a-f]+\.avif)">', html).group(1)
+    avif = re.search(r'<source type="image/avif" srcset="(/assets/icons/polychrome\.[0-9a-f]+\.avif) 1x', html).group(1)
     missing = "/assets/icons/polychrome.0000000000.avif"
     release = doctored_release(built_site, "missing-source")
-    rewrite_page(release, html.replace(f'srcset="{avif}"', f'srcset="{missing}"', 1))
+    rewrite_page(release, html.replace(f'srcset="{avif} 1x', f'srcset="{missing} 1x', 1))
     base = nginx_server(built_site, root=release)
 
     modern = visit(browser, base, mode="modern")
-    # The broken <img> is drawn as its alt text, a box of another size, so its neighbours move:
-    # the layout shift is that same fault, and is blamed on that same file.
+    # The broken <img> has alt="" (its name is printed beside it), so it keeps its CSS box and
+    # nothing moves: no layout shift, just the one missing file.
     assert {(p.kind, p.subject) for p in modern.problems} == {
-        ("http", missing), ("console", missing), ("image", missing), ("markup", missing), ("layout", missing)}, modern.report()
+        ("http", missing), ("console", missing), ("image", missing), ("markup", missing)}, modern.report()
     assert len([p for p in modern.problems if p.kind == "image"]) == 1  # only that one <picture>
 
     old = visit(browser, base, mode="old")  # an old browser never sees the <source>
     assert old.problems == [], old.report()
+
+
+# ---- densities -------------------------------------------------------------------------------
+
+DISPLAY = 40  # site.toml [encode] display, the CSS box of every icon on the default page
+
+
+def source_widths(site: Path) -> dict[str, int]:
+    """1x PNG URL -> the width of that icon's source in icons/, read from the release's manifest."""
+    manifest = json.loads((site / "dist" / "current" / "manifest.json").read_text())
+    out = {}
+    for logical, entry in manifest.items():
+        if logical.startswith("icons/") and logical.endswith(".png") and "@" not in logical:
+            with Image.open(site / "icons" / Path(logical).name) as source:
+                out[entry["url"]] = source.width
+    return out
+
+
+@pytest.mark.parametrize("dpr", [1, 2, 3])
+def test_each_screen_density_loads_the_icon_file_of_its_size(browser: Any, server: str, built_site: Path, dpr: int,
+                                                             record_figure: Callable[[str, Any], None]) -> None:
+    """At device scale factor 1, 2 and 3 every icon shows the file whose natural width is
+    min(display x DPR, source width), in AVIF or WebP; with WebP, AVIF and <picture> gone, the PNG
+    of that same size."""
+    widths = source_widths(built_site)
+    modern = visit(browser, server, mode="modern", dpr=dpr, check_icon_map=False)
+    assert modern.problems == [], modern.report()
+    old = visit(browser, server, mode="old", dpr=dpr)
+    assert old.problems == [], old.report()
+    for seen, formats in ((modern, (".avif", ".webp")), (old, (".png",))):
+        for image in seen.images:
+            expected = min(DISPLAY * dpr, widths[image["src"]])
+            shown = path_of(image["currentSrc"])
+            assert (image_pixels(server, shown)[0], shown.endswith(formats)) == (expected, True), image
+            assert (image["width"], image["height"]) == (str(DISPLAY), str(DISPLAY))
+    assert [i["box"] for i in old.images] == [i["box"] for i in modern.images]
+    icons = {k: v["body"] for k, v in weight(modern)["by_kind"].items() if k in ("avif", "webp")}
+    record_figure(f"icon bytes at DPR {dpr}", f"modern {sum(icons.values()):,} B {icons}; "
+                                             f"old browser {weight(old)['by_kind'].get('png', {}).get('body', 0):,} B of PNG")
+
+
+def test_the_first_screen_of_icons_loads_eagerly(built_site: Path) -> None:
+    loading = re.findall(r'<img [^>]*loading="?(\w+)', served_html(built_site))
+    assert loading[:6] == ["eager"] * 6 and set(loading[6:]) == {"lazy"}

@@ -33,9 +33,16 @@ class Refs(HTMLParser):
             self.pictures.append([])
         elif tag in ("source", "img") and self.pictures:
             self.pictures[-1].append((tag, a))
-        for key in ("src", "href", "srcset"):
+        for key in ("src", "href"):
             if a.get(key):
                 self.refs.append((tag, key, a[key]))
+        for url, _descriptor in srcset(a.get("srcset") or ""):
+            self.refs.append((tag, "srcset", url))
+
+
+def srcset(value: str) -> list[tuple[str, str]]:
+    """"a.png 1x, b.png 2x" -> [("a.png", "1x"), ("b.png", "2x")]."""
+    return [tuple(part.split()) for part in value.split(",") if part.strip()]  # type: ignore[misc]
 
 
 def snapshot(dist: Path) -> dict[str, bytes | str]:
@@ -76,9 +83,15 @@ def test_default_site_builds_and_every_reference_resolves(site: Path) -> None:
     for picture in parser.pictures:
         *sources, (img_tag, img) = picture
         assert img_tag == "img" and img["src"].endswith(".png")
-        assert Image.open(live / img["src"].lstrip("/")).size == (int(img["width"]), int(img["height"]))
+        assert (img["width"], img["height"]) == ("40", "40")  # the CSS box, whichever density loads
+        assert Image.open(live / img["src"].lstrip("/")).size == (40, 40)  # the 1x file
+        assert [(Image.open(live / url.lstrip("/")).width, d) for url, d in srcset(img["srcset"])] == [(64, "1.6x")]
         for _tag, source in sources:
-            assert source["srcset"].endswith("." + source["type"].split("/")[1])
+            candidates = srcset(source["srcset"])
+            assert [d for _url, d in candidates] == ["1x", "1.6x"]  # 64 px sources: 3x would upscale
+            for url, descriptor in candidates:
+                assert url.endswith("." + source["type"].split("/")[1])
+                assert Image.open(live / url.lstrip("/")).width == round(40 * float(descriptor[:-1]))
     # ICON_MAP, as injected into the page, matches the manifest.
     icon_map = json.loads(re.search(r"const ICON_MAP = (.*?);</script>", (live / "index.html").read_text()).group(1))
     spec_names = [line.split(":")[0] for line in (site / "icon_map.yaml").read_text().splitlines()
@@ -90,6 +103,7 @@ def test_default_site_builds_and_every_reference_resolves(site: Path) -> None:
             if fmt in entry:
                 assert by_url[entry[fmt]]["type"] == f"image/{fmt}"
                 assert (by_url[entry[fmt]]["width"], by_url[entry[fmt]]["height"]) == (entry["width"], entry["height"])
+                assert [by_url[url]["width"] for url, _d in srcset(entry["srcset"][fmt])] == [40, 64]
     assert {"codes.json", "sitemap.xml", "robots.txt"} <= {p.name for p in live.iterdir()}
     codes = json.loads((live / "codes.json").read_text())
     assert codes["game"] == "Zenless Zone Zero" and len(codes["codes"]) == 7

@@ -47,7 +47,7 @@ def test_all_problems_reported_at_once_with_lines(tmp_path: Path) -> None:
         "icon_map.yaml:6: icon 'Creds' url 'https://user:pw@x.org/a.png' carries credentials; remove the user:password@ part",
         "icon_map.yaml:7: icon 'Homoglyph' url 'https://exаmple.com/a.png' has a non-ASCII host; write it in punycode (xn--...) if it is really meant",
         "icon_map.yaml:8: icon 'Ftp' url 'ftp://x.org/a.png' has scheme 'ftp'; only http and https are allowed",
-        "icon_map.yaml:9: icon 'Opt' unknown option 'quality'; known: url, alt, ssim_floor, avif, lossless_only, png_level",
+        "icon_map.yaml:9: icon 'Opt' unknown option 'quality'; known: url, alt, ssim_floor, avif, lossless_only, png_level, display, densities",
     )
 
 
@@ -133,3 +133,49 @@ def test_cli_reports_config_errors_without_traceback_and_publishes_nothing(site:
     assert "icon_map.yaml:32: icon 'Broken' url" in result.stderr
     assert "icon_map.yaml:33: duplicate icon name 'Polychrome' (first at line 9)" in result.stderr
     assert not (site / "dist" / "current").exists()
+
+
+def test_display_and_densities_from_site_toml_and_per_icon(tmp_path: Path) -> None:
+    (tmp_path / "site.toml").write_text("[encode]\ndisplay = 48\ndensities = [2, 1]\n")
+    (tmp_path / "icon_map.yaml").write_text(
+        "A: https://x.org/a.png\n"
+        "B:\n  url: https://x.org/b.png\n  display: 64\n  densities: [1, 1.5]\n"
+        "C: {url: 'https://x.org/c.png', display: 0}\n")
+    site = load_site(tmp_path)
+    assert [(s.settings.display, s.settings.densities) for s in site.icons] == [
+        (48, (1.0, 2.0)), (64, (1.0, 1.5)), (0, (1.0, 2.0))]
+
+
+def test_defaults_are_40_px_at_three_densities_and_six_eager_icons(tmp_path: Path) -> None:
+    (tmp_path / "icon_map.yaml").write_text("A: https://x.org/a.png\n")
+    site = load_site(tmp_path)
+    assert (site.icons[0].settings.display, site.icons[0].settings.densities, site.render.eager) == (40, (1, 2, 3), 6)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[encode]\ndisplay = -1", "[encode] display must be between 0 and 1024, got -1"),
+    ("[encode]\ndisplay = 40.5", "[encode] display must be a whole number from 0 to 1024, got 40.5"),
+    ("[encode]\ndisplay = true", "[encode] display must be a whole number from 0 to 1024, got True"),
+    ("[encode]\ndensities = []", "[encode] densities must be a list of 1 to 6 screen densities from 1 to 4"),
+    ("[encode]\ndensities = [1, 8]", "[encode] densities must be a list of 1 to 6 screen densities from 1 to 4"),
+    ("[encode]\ndensities = 2", "[encode] densities must be a list of 1 to 6 screen densities from 1 to 4"),
+    ("[encode]\ndensities = ['2x']", "[encode] densities must be a list of 1 to 6 screen densities from 1 to 4"),
+    ("[encode]\nssim_floor = 5.0", "[encode] ssim_floor must be between 0.5 and 1.0, got 5.0"),
+    ("[encode]\npng_level = 99", "[encode] png_level must be between 0 and 6, got 99"),
+    ("[render]\neager = -1", "[render] eager must be int, got -1"),
+])
+def test_bad_display_densities_and_encode_values_are_errors(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "site.toml").write_text(toml + "\n")
+    (tmp_path / "icon_map.yaml").write_text("A: https://x.org/a.png\n")
+    found = problems(lambda: load_site(tmp_path))
+    assert any(message in problem for problem in found), found
+
+
+def test_bad_per_icon_densities_name_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "A: https://x.org/a.png\nB:\n  url: https://x.org/b.png\n  densities: [0.5]\n"
+                           "C:\n  url: https://x.org/c.png\n  display: big\n")
+    assert problems(lambda: load_icon_map(path)) == (
+        "icon_map.yaml:2: icon 'B' option densities must be a list of 1 to 6 screen densities from 1 to 4, like [1, 2, 3],"
+        " got [0.5]",
+        "icon_map.yaml:5: icon 'C' option display must be a whole number from 0 to 1024, got 'big'",
+    )

@@ -9,10 +9,11 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from pipeline.encode import decode, encode_icon, ssim
+from pipeline.encode import Size, decode, encode_icon, plan_sizes, resize, ssim
 from pipeline.errors import ImageError
 from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon
 
@@ -21,7 +22,10 @@ from .conftest import REPO
 ICONS = sorted((REPO / "icons").glob("*.png"))
 
 
-def source(data: bytes, settings: EncodeSettings = EncodeSettings()) -> SourceIcon:
+AT_SOURCE_SIZE = EncodeSettings(display=0)  # no resizing: one file per format, at the source's size
+
+
+def source(data: bytes, settings: EncodeSettings = AT_SOURCE_SIZE) -> SourceIcon:
     return SourceIcon(IconSpec("Test", "test", "https://example.org/t.png", "Test", settings, 1), data, Origin.LOCAL)
 
 
@@ -186,7 +190,7 @@ def test_ssim_sees_alpha_errors_on_either_background() -> None:
 
 def test_lossless_only_and_no_avif_options() -> None:
     data = ICONS[0].read_bytes()
-    encoded = encode_icon(source(data, EncodeSettings(avif=False, lossless_only=True)))
+    encoded = encode_icon(source(data, EncodeSettings(avif=False, lossless_only=True, display=0)))
     assert [v.format for v in encoded.variants] in (["webp", "png"], ["png"])
     assert all(v.detail in ("lossless", "oxipng") for v in encoded.variants)
 
@@ -194,3 +198,60 @@ def test_lossless_only_and_no_avif_options() -> None:
 def test_encoding_is_deterministic() -> None:
     data = ICONS[1].read_bytes()
     assert encode_icon(source(data)).variants == encode_icon(source(data)).variants
+
+
+# ---- densities ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source_size", "display", "densities", "expected"), [
+    ((256, 256), 40, (1, 2, 3), [Size(1, 40, 40), Size(2, 80, 80), Size(3, 120, 120)]),
+    ((64, 64), 40, (1, 2, 3), [Size(1, 40, 40), Size(1.6, 64, 64)]),  # capped, 3x dropped
+    ((80, 80), 40, (1, 2, 3), [Size(1, 40, 40), Size(2, 80, 80)]),  # 3x caps to 2x's size: dropped
+    ((30, 30), 40, (1, 2, 3), [Size(1, 30, 30)]),  # never upscaled
+    ((128, 64), 40, (1, 2, 3), [Size(1, 40, 20), Size(2, 80, 40), Size(3, 120, 60)]),  # aspect kept
+    ((64, 128), 40, (1, 2), [Size(1, 20, 40), Size(2, 40, 80)]),
+    ((256, 256), 0, (1, 2, 3), [Size(1, 256, 256)]),  # display 0: no resizing
+    ((256, 256), 40, (1, 1.5), [Size(1, 40, 40), Size(1.5, 60, 60)]),
+])
+def test_sizes_per_density(source_size: tuple[int, int], display: int, densities: tuple[float, ...],
+                           expected: list[Size]) -> None:
+    assert plan_sizes(*source_size, display, densities) == expected
+
+
+def test_every_density_keeps_the_floor_against_the_source_resized_the_same_way() -> None:
+    big = Image.open(ICONS[0]).convert("RGBA").resize((256, 256), Image.Resampling.LANCZOS)
+    data = png_bytes(big)
+    encoded = encode_icon(source(data, EncodeSettings(display=40)))
+    reference = decode(data, "big")
+    assert (encoded.width, encoded.height) == (40, 40)
+    assert [(r.density, r.width) for r in encoded.renditions] == [(1, 40), (2, 80), (3, 120)]
+    formats = [v.format for v in encoded.renditions[0].variants]
+    for rendition in encoded.renditions:
+        assert [v.format for v in rendition.variants] == formats  # a <source> per format lists every density
+        resized = resize(reference, (rendition.width, rendition.height))
+        for variant in rendition.variants:
+            decoded = Image.open(io.BytesIO(variant.data))
+            assert decoded.size == (rendition.width, rendition.height)
+            assert ssim(resized, decoded) >= 0.98, (rendition.density, variant.format, variant.detail)
+        png = rendition.variants[-1]
+        assert len(png.data) < len(data)
+        assert Image.open(io.BytesIO(png.data)).convert("RGBA").tobytes() == resized.tobytes()
+    assert sum(len(v.data) for v in encoded.renditions[1].variants[:1]) < len(data) * 0.2
+
+
+def test_resizing_leaves_no_dark_fringe_at_transparent_edges() -> None:
+    """Red on fully transparent *black*: averaging colour without alpha darkens the edge."""
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    image.paste((255, 0, 0, 255), (16, 16, 48, 48))
+    small = resize(image, (20, 20))
+    edge = [tuple(p) for p in np.asarray(small).reshape(-1, 4) if 0 < p[3] < 255]
+    assert edge, "the resized edge should be partly transparent"
+    assert all(r >= 250 and g <= 5 and b <= 5 for r, g, b, _ in edge), edge[:5]
+
+
+def test_resizing_averages_in_linear_light() -> None:
+    """A 1 px black/white checkerboard halved is 50% light: sRGB 188, not the 128 of averaging codes."""
+    board = Image.new("RGBA", (64, 64))
+    board.putdata([(255,) * 3 + (255,) if (x + y) % 2 else (0, 0, 0, 255) for y in range(64) for x in range(64)])
+    grey = resize(board, (32, 32)).getpixel((16, 16))
+    assert 182 <= grey[0] <= 194 and grey[3] == 255

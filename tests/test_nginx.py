@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import brotli
 import pytest
 
 from .conftest import REPO, run_cli
@@ -85,6 +86,10 @@ def test_shipped_config_is_valid_as_is(tmp_path: Path) -> None:
     for match in re.finditer(r"\btypes\s*\{", code):  # server level would replace all of mime.types
         depth = code[:match.start()].count("{") - code[:match.start()].count("}")
         assert depth >= 2, "a `types {}` block outside a location replaces every inherited MIME type"
+    # The harness's main config loads no dynamic module, so the check above proves the block works
+    # on a stock nginx. brotli_static in particular must not come back: with disable_symlinks it
+    # never finds a .br (google/ngx_brotli#134), so it would serve nothing while looking right.
+    assert "brotli_static" not in code and "load_module" not in code
 
 
 # ---- pages and assets ----------------------------------------------------------------------------
@@ -145,6 +150,82 @@ def test_gzip_static_serves_the_precompressed_files(served: tuple[str, Path]) ->
     assert plain.body == (live / "robots.txt").read_bytes()
 
 
+ENCODINGS = {"br": brotli.decompress, "gzip": gzip.decompress, None: lambda body: body}
+
+
+@pytest.mark.parametrize("accept", ["br", "gzip", None], ids=["br", "gzip", "identity"])
+@pytest.mark.parametrize("page", ["/", "css", "/codes.json"])
+def test_each_encoding_gets_its_precompressed_file(served: tuple[str, Path], page: str, accept: str | None) -> None:
+    """br gets the .br, gzip the .gz, neither the file itself; the same bytes once decoded, and
+    the same type, cache policy and Vary whichever variant is sent."""
+    base, live = served
+    path = page if page != "css" else next(u for u in asset_urls((live / "index.html").read_bytes()) if u.endswith(".css"))
+    file = live / ("index.html" if path == "/" else path.lstrip("/"))
+    plain = get(base, path)
+    reply = get(base, path, **({"Accept_Encoding": accept} if accept else {}))
+    assert reply.status == 200
+    assert reply.header("content-encoding") == accept
+    assert ENCODINGS[accept](reply.body) == file.read_bytes() == plain.body
+    if accept:
+        suffix = {"br": ".br", "gzip": ".gz"}[accept]
+        assert reply.body == file.with_name(file.name + suffix).read_bytes()  # the build's file, as is
+    assert reply.header("vary") == "Accept-Encoding"
+    assert reply.header("content-type") == plain.header("content-type")
+    assert reply.header("cache-control") == plain.header("cache-control") == (IMMUTABLE if page == "css" else "no-cache")
+    etag = reply.header("etag")
+    assert etag and get(base, path, If_None_Match=etag, **({"Accept_Encoding": accept} if accept else {})).status == 304
+
+
+def test_brotli_is_preferred_and_q0_refuses_it(served: tuple[str, Path]) -> None:
+    base, live = served
+    br = (live / "index.html.br").read_bytes()
+    for accept in ("gzip, deflate, br", "gzip, deflate, br, zstd", "br;q=1.0, gzip;q=0.8", "gzip;q=1, br;q=0.5", "BR"):
+        reply = get(base, "/", Accept_Encoding=accept)
+        assert (accept, reply.header("content-encoding"), reply.body == br) == (accept, "br", True)
+    for accept in ("br;q=0, gzip", "gzip, br; q=0.0", "brotli, gzip", "gzip, x-br"):
+        reply = get(base, "/", Accept_Encoding=accept)
+        assert (accept, reply.header("content-encoding")) == (accept, "gzip")
+        assert reply.body == (live / "index.html.gz").read_bytes(), accept
+    # robots.txt is too small for gzip to gain 5% but not brotli: br or plain, both with Vary.
+    assert (live / "robots.txt.br").is_file() and not (live / "robots.txt.gz").exists()
+    for accept, encoding in (("gzip, br", "br"), ("gzip", None), (None, None)):
+        reply = get(base, "/robots.txt", **({"Accept_Encoding": accept} if accept else {}))
+        assert (accept, reply.header("content-encoding"), reply.header("vary")) == (accept, encoding, "Accept-Encoding")
+        assert ENCODINGS[encoding](reply.body) == (live / "robots.txt").read_bytes()
+        assert reply.media_type == "text/plain"
+
+
+def test_every_text_file_has_its_type_when_sent_as_br(served: tuple[str, Path]) -> None:
+    base, live = served
+    for path in sorted(PAGE_TYPES):
+        plain, br = get(base, path), get(base, path, Accept_Encoding="br")
+        assert (path, br.status, br.header("content-type")) == (path, 200, plain.header("content-type"))
+        assert br.header("content-encoding") == "br", path
+        assert brotli.decompress(br.body) == plain.body, path
+    # Images are never re-encoded, and carry no Vary.
+    for url in sorted(u for u in asset_urls(get(base, "/").body) if not u.endswith(".css")):
+        reply = get(base, url, Accept_Encoding="br, gzip")
+        assert (url, reply.header("content-encoding"), reply.header("vary")) == (url, None, None)
+
+
+def test_the_404_page_comes_in_the_accepted_encoding(served: tuple[str, Path]) -> None:
+    base, live = served
+    not_found = (live / "404.html").read_bytes()
+    for accept in ("br", "gzip", None):
+        reply = get(base, "/no-such-page", **({"Accept_Encoding": accept} if accept else {}))
+        assert (accept, reply.status, reply.header("content-encoding")) == (accept, 404, accept)
+        assert ENCODINGS[accept](reply.body) == not_found, accept
+        assert reply.header("cache-control") == "no-cache" and reply.header("vary") == "Accept-Encoding"
+
+
+def test_a_br_file_is_never_served_under_its_own_name(served: tuple[str, Path]) -> None:
+    base, live = served
+    for accept in ("br", None):
+        reply = get(base, "/index.html.br", **({"Accept_Encoding": accept} if accept else {}))
+        assert reply.status == 404, accept
+        assert ENCODINGS[accept](reply.body) == (live / "404.html").read_bytes()
+
+
 # ---- what must not be served ----------------------------------------------------------------------
 
 
@@ -191,6 +272,15 @@ def test_symlinks_inside_a_release_are_refused(served: tuple[str, Path]) -> None
         reply = get(base, path)
         assert reply.status in (403, 404), (path, reply.status)
         assert b"root:" not in reply.body, path
+    # A precompressed sibling that is a symlink is not used either: the plain file is sent.
+    (live / "codes.json.br").unlink()
+    (live / "codes.json.br").symlink_to("/etc/passwd")
+    (live / "codes.json.gz").unlink()
+    (live / "codes.json.gz").symlink_to("/etc/passwd")
+    for accept in ("br", "gzip"):
+        reply = get(base, "/codes.json", Accept_Encoding=accept)
+        assert (accept, reply.status, reply.header("content-encoding")) == (accept, 200, None)
+        assert reply.body == (live / "codes.json").read_bytes(), accept
     assert get(base, "/").status == 200  # while the `current` symlink in the root path still works
 
 
@@ -243,6 +333,8 @@ def test_a_new_release_is_served_at_once_and_old_assets_still_answer(site: Path,
     new_gz = get(base, "/", Accept_Encoding="gzip")
     assert new_gz.body == (second / "index.html.gz").read_bytes() != old_gz.body
     assert gzip.decompress(new_gz.body) == new.body
+    new_br = get(base, "/", Accept_Encoding="br")
+    assert new_br.body == (second / "index.html.br").read_bytes() and brotli.decompress(new_br.body) == new.body
     revalidate = get(base, "/", If_None_Match=old.header("etag") or "")
     assert revalidate.status == 200 and revalidate.body == new.body  # the old ETag no longer matches
 

@@ -17,6 +17,7 @@ tests, their minimal inputs as explicit @examples.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -42,7 +43,7 @@ from pipeline.errors import ConfigError
 from pipeline.fingerprint import fingerprint, icon_assets, icon_refs, manifest_json
 from pipeline.minify import minify_css, minify_pages
 from pipeline.model import (
-    Asset, Code, Content, EncodedIcon, Manifest, PublishSettings, Reward, SiteView, Variant,
+    Asset, Code, Content, EncodedIcon, Manifest, PublishSettings, Rendition, Reward, SiteView, Variant,
 )
 from pipeline.publish import local_references, publish
 from pipeline.render import render_pages
@@ -384,10 +385,11 @@ def test_codes_valid_data_comes_back_unchanged(game: str, entries: list[dict], f
 def site_view(icons: list[tuple[str, str]], content: Content) -> tuple[SiteView, Manifest]:
     """A SiteView as tests/test_render.py's view() builds it (a WebP source and a PNG fallback per
     icon, style.css), but with its URLs made the way build.py makes them: slugify -> fingerprint."""
-    encoded = [EncodedIcon(name, slugify(name), 64, 64, 100,
-                           (Variant("webp", b"W" + slugify(name).encode(), "q80", 0.99),
-                            Variant("png", b"P" + slugify(name).encode(), "oxipng", 1.0)))
-               for name, _alt in icons]
+    encoded = [EncodedIcon(name, slugify(name), 40, 40, 100, tuple(
+        Rendition(density, 40 * density, 40 * density,
+                  (Variant("webp", b"W%d" % density + slugify(name).encode(), "q80", 0.99),
+                   Variant("png", b"P%d" % density + slugify(name).encode(), "oxipng", 1.0)))
+        for density in (1, 2))) for name, _alt in icons]
     css = minify_css((TEMPLATES / "style.css").read_text(encoding="utf-8")).encode()
     manifest = fingerprint([a for icon in encoded for a in icon_assets(icon)] + [Asset("style.css", css, "text/css")])
     refs = icon_refs(encoded, dict(icons), manifest)
@@ -466,6 +468,16 @@ def icon_map_from(page: Parsed) -> dict:
     return json.loads(match.group(1))
 
 
+@functools.lru_cache(maxsize=1)
+def templates_with_alt_text() -> Path:
+    """The default templates plus a legend that draws each icon with its alt text (no name beside)."""
+    target = Path(tempfile.mkdtemp(prefix="templates-")) / "templates"
+    shutil.copytree(TEMPLATES, target)
+    index = target / "index.html"
+    index.write_text(index.read_text().replace('picture(name, alt="")', "picture(name)"))
+    return target
+
+
 def img_alts(page: Parsed) -> list[str]:
     """The distinct alt texts; a bare `alt` (what htmlmin makes of alt="") is the empty text."""
     return sorted({value or "" for value in page.attribute("img", "alt")})
@@ -479,6 +491,7 @@ def check_page(html: str, view: SiteView, icons: list[tuple[str, str]]) -> Parse
     for name, entry in icon_map.items():
         ref = view.icons[name]
         assert entry["png"] == ref.fallback and entry["webp"] == ref.sources[0].url
+        assert entry["srcset"] == {"webp": ref.sources[0].srcset, "png": ref.png.srcset}
     check_no_script_urls(page)
     return page
 
@@ -509,8 +522,9 @@ def test_render_keeps_scripts_icon_map_and_codes_intact(data) -> None:
     pages = {p.path: p.data.decode("utf-8") for p in render_pages(TEMPLATES, view)}
     page = check_page(pages["index.html"], view, icons)
     assert json.loads(pages["codes.json"]) == expected_codes_json(view)
-    # attribute values decode back to the text that went in
-    assert img_alts(page) == sorted(set(alt for _, alt in icons))
+    # the default pages print every icon's name beside it, so its alt is empty (the alt text
+    # itself round-trips through ICON_MAP, checked above); attribute values decode back to the text
+    assert img_alts(page) == ([""] if icons else [])
     assert page.attribute("button", "data-code") == [c.code for c in content.codes if c.active_on(TODAY)]
     for path in pages:
         if path.endswith(".html"):
@@ -617,9 +631,9 @@ def test_minified_attributes_keep_their_text(data) -> None:
     """was: htmlmin's convert_charrefs=True decoded attribute text twice, alt "A&lt;B" became "A<B"."""
     icons, content = data
     view, _ = site_view(icons, content)
-    html = {p.path: p.data.decode() for p in minify_pages(render_pages(TEMPLATES, view)).pages}["index.html"]
+    html = {p.path: p.data.decode() for p in minify_pages(render_pages(templates_with_alt_text(), view)).pages}["index.html"]
     page = Parsed(html)
-    assert img_alts(page) == sorted(set(alt for _, alt in icons))
+    assert set(img_alts(page)) - {""} == {alt for _, alt in icons} - {""}  # the rewards' own alt is ""
     assert page.attribute("button", "data-code") == [c.code for c in content.codes if c.active_on(TODAY)]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import TemplateError
-from pipeline.model import Code, Content, IconRef, IconSource, ManifestEntry, Reward, SiteView
+from pipeline.model import Candidate, Code, Content, IconRef, IconSource, ManifestEntry, Reward, SiteView
 from pipeline.render import icon_map_json, render_pages
 
 from .conftest import REPO
@@ -19,8 +19,13 @@ from .conftest import REPO
 NASTY = 'Evil </script><script>alert(1)</script> "quote" \'single\' <!-- \u2028\u2029 &amp;'
 
 
+def densities(mime: str, stem: str, ext: str) -> IconSource:
+    return IconSource(mime, (Candidate(f"{stem}.{ext}", 1.0, 40, 40), Candidate(f"{stem}@2x.{ext}", 2.0, 80, 80)))
+
+
 def view(names: list[str], codes: tuple[Code, ...] = ()) -> SiteView:
-    icons = {n: IconRef(n, n + " alt", 64, 64, (IconSource("image/webp", f"/assets/icons/i{i}.webp"),), f"/assets/icons/i{i}.png")
+    icons = {n: IconRef(n, n + " alt", 40, 40, (densities("image/webp", f"/assets/icons/i{i}", "webp"),),
+                        densities("image/png", f"/assets/icons/i{i}", "png"))
              for i, n in enumerate(names)}
     css = {"style.css": ManifestEntry("style.css", "/assets/style.0123456789.css", 10, "sha384-x", "text/css")}
     return SiteView("Title", "https://example.org", Content("Game", codes), icons, css, "build1", dt.date(2026, 11, 27))
@@ -62,15 +67,36 @@ def test_nasty_names_render_to_the_same_script_count_and_parse_back() -> None:
     assert json.loads(pages["codes.json"])["codes"][0]["note"] == NASTY
 
 
-def test_picture_has_sources_and_png_fallback_img() -> None:
+def test_picture_lists_every_density_and_the_img_falls_back_to_the_1x_png() -> None:
     reward = Code("C1", dt.date(2026, 11, 1), None, (Reward("Gem", 2),))
     html = {p.path: p.data.decode() for p in render_pages(REPO / "templates", view(["Gem"], (reward,)))}["index.html"]
     picture = re.search(r"<picture>.*?</picture>", html, re.S).group(0)
-    assert '<source type="image/webp" srcset="/assets/icons/i0.webp">' in picture
+    assert '<source type="image/webp" srcset="/assets/icons/i0.webp 1x, /assets/icons/i0@2x.webp 2x">' in picture
     img = re.search(r"<img [^>]+>", picture).group(0)
-    for attribute in ('src="/assets/icons/i0.png"', 'width="64"', 'height="64"', 'alt="Gem alt"',
-                      'loading="lazy"', 'decoding="async"'):
-        assert attribute in img
+    for attribute in ('src="/assets/icons/i0.png"', 'srcset="/assets/icons/i0@2x.png 2x"', 'width="40"',
+                      'height="40"', 'alt=""', 'decoding="async"'):
+        assert attribute in img  # alt="": the reward's name is printed beside its icon
+
+
+def test_the_first_icons_of_a_page_load_eagerly_the_rest_lazily() -> None:
+    names = [f"Icon {i}" for i in range(4)]
+    code = Code("C1", dt.date(2026, 11, 1), None, tuple(Reward(n, 1) for n in names))
+    pages = render_pages(REPO / "templates", view(names, (code,)), eager=3)
+    html = next(p.data.decode() for p in pages if p.path == "index.html")
+    loading = re.findall(r'<img [^>]*loading="(\w+)"', html)
+    assert len(loading) == 8  # four in the code, four in the legend
+    assert loading == ["eager"] * 3 + ["lazy"] * 5
+    again = next(p.data.decode() for p in render_pages(REPO / "templates", view(names, (code,)), eager=3)
+                 if p.path == "index.html")
+    assert again == html  # the count starts again for every page and every run
+
+
+def test_picture_alt_defaults_to_the_icon_alt_text(tmp_path: Path) -> None:
+    templates = copy_templates(tmp_path)
+    (templates / "index.html").write_text('{% extends "_base.html" %}{% from "_macros.html" import picture %}'
+                                          '{% block main %}{{ picture("Gem") }}{% endblock %}')
+    html = next(p.data.decode() for p in render_pages(templates, view(["Gem"])) if p.path == "index.html")
+    assert 'alt="Gem alt"' in html
 
 
 def test_expired_and_active_split_by_today() -> None:

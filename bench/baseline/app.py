@@ -32,7 +32,7 @@ from flask import Flask, Response  # noqa: E402
 
 from pipeline import config, render  # noqa: E402
 from pipeline.build import _build_id, _content_document  # noqa: E402  (the build's own helpers)
-from pipeline.model import IconRef, IconSource, ManifestEntry, SiteView  # noqa: E402
+from pipeline.model import Candidate, IconRef, IconSource, ManifestEntry, SiteView  # noqa: E402
 
 ICON_FORMATS = ("avif", "webp")  # encode_icon's order: AVIF (where kept) before WebP; PNG is the fallback
 
@@ -48,12 +48,23 @@ def load_view(site_dir: Path, today: dt.date | None = None) -> SiteView:
                for logical, e in manifest.items()}
     icons: dict[str, IconRef] = {}
     for spec in site.icons:  # the build's order: icon_map.yaml's
-        png = entries[f"icons/{spec.slug}.png"]
-        sources = tuple(IconSource(entries[key].mime, entries[key].url)
-                        for fmt in ICON_FORMATS if (key := f"icons/{spec.slug}.{fmt}") in entries)
-        icons[spec.name] = IconRef(spec.name, spec.alt, png.width or 0, png.height or 0, sources, png.url)
+        first = entries[f"icons/{spec.slug}.png"]  # the first density: its size is the CSS box
+        by_format = {fmt: _densities(entries, spec.slug, fmt) for fmt in (*ICON_FORMATS, "png")}
+        sources = tuple(source for fmt in ICON_FORMATS if (source := by_format[fmt]) is not None)
+        icons[spec.name] = IconRef(spec.name, spec.alt, first.width or 0, first.height or 0, sources, by_format["png"])
     today = today or dt.date.today()
     return SiteView(site.title, site.base_url, content, icons, entries, _build_id(manifest_bytes, content, today), today)
+
+
+def _densities(entries: dict[str, ManifestEntry], slug: str, fmt: str) -> IconSource | None:
+    """One format of an icon at every density, from the manifest's logical names
+    ("icons/denny.webp" is the first density, "icons/denny@1.6x.webp" another)."""
+    found = sorted((1.0 if logical == f"icons/{slug}.{fmt}" else float(logical.split("@")[1][:-len(fmt) - 2]), e)
+                   for logical, e in entries.items()
+                   if logical == f"icons/{slug}.{fmt}" or (logical.startswith(f"icons/{slug}@") and logical.endswith("." + fmt)))
+    if not found:
+        return None
+    return IconSource(found[0][1].mime, tuple(Candidate(e.url, d, e.width or 0, e.height or 0) for d, e in found))
 
 
 class IndexPage:
@@ -64,6 +75,9 @@ class IndexPage:
         self.templates = config.load_site(Path(site_dir)).templates_dir
         make_env = getattr(render, "_environment", None)
         self.env = make_env(self.templates, self.view) if make_env else None
+        self.loading = render._LoadingOrder(config.load_site(Path(site_dir)).render.eager)
+        if self.env is not None:
+            self.env.globals["icon_loading"] = self.loading
 
     def render(self) -> bytes:
         today = dt.date.today()
@@ -73,6 +87,7 @@ class IndexPage:
         if self.env is None:  # render's private helper is gone: render every page, keep index.html
             pages = render.render_pages(self.templates, self.view)
             return next(p.data for p in pages if p.path == "index.html")
+        self.loading.restart()
         return self.env.get_template("index.html").render(active=active, expired=expired).encode("utf-8")
 
 

@@ -16,19 +16,19 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import httpx
 
-from . import config, encode, fetch, fingerprint, indexnow, minify, publish, render, worker
+from . import config, encode, fetch, fingerprint, indexnow, minify, publish, render
+from .cache import EncodeCache
+from .encode_pool import encode_all
+from .errors import ConfigError
 from .lock import exclusive
-from .cache import EncodeCache, cache_key
-from .errors import ConfigError, ImageError
-from .model import Asset, Content, Document, EncodedIcon, Origin, RunReport, SiteConfig, SiteView, SourceIcon
+from .model import Asset, Content, Document, Origin, RunReport, SiteConfig, SiteView, SourceIcon
+from .store import FeedStore, IconStore
 
-CACHE_VERSION = f"{encode.ENCODER_VERSION}; {encode.LIBRARY_VERSIONS}"
 FEED_COPY = "feed/codes"  # under .cache/: the last good copy of a codes feed, and its validators
 
 
@@ -43,31 +43,32 @@ class BuildRequest:
     checkpoint: publish.Checkpoint = field(default=lambda name: None, compare=False)
 
 
-def run(request: BuildRequest, client: httpx.Client | None = None) -> RunReport:
-    """One whole run under the site's lock. `client` None: a hardened default (unless offline)."""
+def run(request: BuildRequest) -> RunReport:
+    """One whole run under the site's lock, with a hardened HTTP client unless offline."""
     with exclusive(request.site.cache_dir / "pipeline.lock"):
         if request.offline:
             return _run(request, None)
-        with client or fetch.make_client(request.site.fetch) as owned:
-            return _run(request, owned)
+        with fetch.make_client(request.site.fetch) as client:
+            return _run(request, client)
 
 
 def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     site, timings = request.site, Timings()
     with timings("fetch"):
-        document = _content_document(site, client)
+        document = content_document(site, client)
     with timings("config"):
         content = config.load_content(document.label, document.text, {spec.name for spec in site.icons})
         if site.content_is_feed and document.origin in (Origin.DOWNLOADED, Origin.NOT_MODIFIED):
-            fetch.save_document(site.cache_dir / FEED_COPY, document)  # it parsed: the new last good copy
+            FeedStore(site.cache_dir / FEED_COPY).save(document)  # it parsed: the new last good copy
     request.checkpoint("after_config")
     with timings("fetch"):
-        store = fetch.IconStore(site.icons_dir)
-        sources = fetch.fetch_sources(site.icons, store, client, site.fetch)
+        store = IconStore(site.icons_dir)
+        sources = fetch.fetch_sources(site.icons, {s.name: store.load(s) for s in site.icons}, client, site.fetch)
     request.checkpoint("after_fetch")
     with timings("encode"):
         cache = EncodeCache(site.cache_dir / "encode")
-        sources, encoded = encode_all(sources, store, cache, request.reencode, _jobs(request), request.checkpoint)
+        sources, encoded = encode_all(sources, lambda source: store.load(source.spec), cache, request.reencode,
+                                      _jobs(request), request.checkpoint)
         for source in sources:
             if source.origin is not Origin.STALE and source.origin is not Origin.LOCAL:
                 store.save(source)  # decoded and encoded fine: now it is the last good copy
@@ -82,28 +83,31 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
         manifest_bytes = (json.dumps(fingerprint.manifest_json(manifest), indent=1) + "\n").encode()
     with timings("render"):
         view = SiteView(site.title, site.base_url, content, refs, manifest.entries,
-                        _build_id(manifest_bytes, content, request.today), request.today)
+                        build_id(manifest_bytes, content, request.today), request.today)
         pages = render.render_pages(site.templates_dir, view, site.cache_dir / "templates", site.render.eager)
     with timings("minify"):
-        minified = minify.minify_pages(pages, lambda data, make: cache.derived(f"html {minify.VERSION}", data, make))
+        minified = minify.minify_pages(pages, lambda data, make: cache.made_once(f"html {minify.VERSION}", data, make))
     request.checkpoint("after_render")
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
         if sources:  # for the clients that ask for /favicon.ico whatever the page links
-            files["favicon.ico"] = cache.derived(f"favicon.ico {encode.ENCODER_VERSION}", sources[0].data,
+            files["favicon.ico"] = cache.made_once(f"favicon.ico {encode.ENCODER_VERSION}", sources[0].data,
                                                  encode.favicon_ico)
-        required = ("index.html",)
+        required: tuple[str, ...] = ("index.html",)
         if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
             files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()
             required += (f"{site.indexnow.key}.txt",)
-        result = publish.publish(site.dist_dir, files, site.publish, request.now, request.checkpoint, required)
+        target: publish.Target = publish.LocalDirectory(site.dist_dir)
+        result = target.publish(files, site.publish, request.now, request.checkpoint, required)
+    changed = indexnow.changed_pages(result.replaced, files)
     pinged = None
     if site.indexnow.key and client is not None:
         with timings("indexnow"):
-            pinged = indexnow.ping(site.cache_dir / "indexnow.json", _changed_urls(site, result.changed_pages, files),
+            pinged = indexnow.ping(site.cache_dir / "indexnow.json", _changed_urls(site, changed, files),
                                    site.base_url, site.indexnow, client, request.now)
     return RunReport(tuple(sources), tuple(encoded), minified.bytes_before, minified.bytes_after,
-                     css_before, sum(len(a.data) for a in css_assets), result, dict(timings.seconds), pinged, document)
+                     css_before, sum(len(a.data) for a in css_assets), result, changed, dict(timings.seconds), pinged,
+                     document)
 
 
 def _changed_urls(site: SiteConfig, changed: tuple[str, ...], files: dict[str, bytes]) -> dict[str, str]:
@@ -112,13 +116,13 @@ def _changed_urls(site: SiteConfig, changed: tuple[str, ...], files: dict[str, b
     for path in changed:
         if path.endswith(".html") and path != "404.html" and path in files:
             url = site.base_url + "/" + ("" if path == "index.html" else path)
-            urls[url] = hashlib.sha256(publish.visible(files[path])).hexdigest()
+            urls[url] = hashlib.sha256(indexnow.visible(files[path])).hexdigest()
     return urls
 
 
-def _content_document(site: SiteConfig, client: httpx.Client | None) -> Document:
+def content_document(site: SiteConfig, client: httpx.Client | None) -> Document:
     if site.content_is_feed:
-        return fetch.fetch_feed(site.content, site.cache_dir / FEED_COPY, client, site.fetch)
+        return fetch.fetch_feed(site.content, FeedStore(site.cache_dir / FEED_COPY).load(), client, site.fetch)
     path = site.root / site.content
     try:
         return Document(site.content, path.read_text(encoding="utf-8"), Origin.LOCAL)
@@ -143,7 +147,7 @@ def _site_icons(sources: list[SourceIcon], cache: EncodeCache) -> list[Asset]:
     worker already, so decoding it here again is safe."""
     if not sources:
         return []
-    made = {name: cache.derived(f"{name} {encode.ENCODER_VERSION}", sources[0].data, make)
+    made = {name: cache.made_once(f"{name} {encode.ENCODER_VERSION}", sources[0].data, make)
             for name, make in (("favicon.png", encode.favicon_png), ("apple-touch-icon.png", encode.touch_icon))}
     return [Asset(name, data, "image/png", *_png_size(data)) for name, data in made.items()]
 
@@ -152,7 +156,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
 
 
-def _build_id(manifest_bytes: bytes, content: Content, today: dt.date) -> str:
+def build_id(manifest_bytes: bytes, content: Content, today: dt.date) -> str:
     """A hash of the inputs, not a time: the same inputs render byte-identical pages.
     `today` enters only through which codes are active, which the pages show anyway."""
     active = [c.code for c in content.codes if c.active_on(today)]
@@ -162,82 +166,6 @@ def _build_id(manifest_bytes: bytes, content: Content, today: dt.date) -> str:
 
 def _jobs(request: BuildRequest) -> int:
     return request.jobs or request.site.jobs or os.cpu_count() or 1
-
-
-# ---- encode, with the cache and the last-good fallback -------------------------------------------
-
-
-def encode_all(sources: list[SourceIcon], store: fetch.IconStore, cache: EncodeCache, reencode: frozenset[str],
-               jobs: int, checkpoint: publish.Checkpoint) -> tuple[list[SourceIcon], list[EncodedIcon]]:
-    """Encode what the cache lacks. A fresh download that fails to decode falls back to the
-    last good copy in icons/ (marked STALE); an icon with no decodable copy at all is an error."""
-    keys = [cache_key(s, CACHE_VERSION) for s in sources]
-    results: list[EncodedIcon | ImageError | None] = [
-        None if s.spec.name in reencode else cache.get(k, s) for s, k in zip(sources, keys)]
-    missing = [i for i, r in enumerate(results) if r is None]
-    for i, outcome in zip(missing, _encode_many([sources[i] for i in missing], jobs, checkpoint)):
-        results[i] = outcome
-    problems = []
-    for i, outcome in enumerate(results):
-        if isinstance(outcome, ImageError):
-            fallback = _fallback(sources[i], store, str(outcome))
-            outcome = _encode_alone(fallback) if fallback else outcome
-            if isinstance(outcome, ImageError):
-                problems.append(str(outcome))
-                continue
-            sources[i], keys[i] = fallback, cache_key(fallback, CACHE_VERSION)
-            results[i] = outcome
-        if isinstance(outcome, EncodedIcon) and not outcome.reused:
-            cache.put(keys[i], outcome)
-    if problems:
-        raise ImageError(f"{len(problems)} icon(s) cannot be used; replace the source or its file in icons/",
-                         tuple(problems))
-    return sources, [r for r in results if isinstance(r, EncodedIcon)]
-
-
-def _fallback(source: SourceIcon, store: fetch.IconStore, reason: str) -> SourceIcon | None:
-    if source.origin is not Origin.DOWNLOADED:
-        return None
-    stored = store.load(source.spec)
-    if stored is None or stored.data == source.data:
-        return None
-    return replace(source, data=stored.data, origin=Origin.STALE, reason=reason,
-                   etag=stored.etag, last_modified=stored.last_modified)
-
-
-def _encode_many(sources: list[SourceIcon], jobs: int, checkpoint: publish.Checkpoint) -> list[EncodedIcon | ImageError]:
-    """Encode in worker processes with an address-space limit: the bytes are untrusted, and a
-    decoder crash or a memory blow-up must cost that icon (its last good copy is used), not the
-    run. If a worker dies, the icons it may have taken down with it are retried one by one."""
-    results: list[EncodedIcon | ImageError | None] = [None] * len(sources)
-    if sources:
-        pool = worker.pool(min(jobs, len(sources)))
-        try:
-            futures = [pool.submit(worker.encode, source) for source in sources]
-            for i, future in enumerate(futures):
-                checkpoint("mid_encode")
-                try:
-                    results[i] = future.result()
-                except BrokenProcessPool:
-                    break
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    for i, result in enumerate(results):
-        if result is None:
-            checkpoint("mid_encode")
-            results[i] = _encode_alone(sources[i])
-    return [r for r in results if r is not None]
-
-
-def _encode_alone(source: SourceIcon) -> EncodedIcon | ImageError:
-    pool = worker.pool(1)
-    try:
-        return pool.submit(worker.encode, source).result()
-    except BrokenProcessPool:
-        return ImageError(f"icon {source.spec.name!r} ({source.spec.url}): the image decoder crashed on it; "
-                          "replace the source")
-    finally:
-        pool.shutdown(wait=True)
 
 
 # ---- timing ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from collections.abc import Callable
 from pathlib import Path
 
+from .files import fsync_dir, write_atomic, write_new
 from .model import EncodedIcon, Rendition, SourceIcon, Variant
 
 
@@ -39,19 +40,17 @@ class EncodeCache:
         return EncodedIcon(source.spec.name, source.spec.slug, meta["width"], meta["height"], len(source.data),
                            renditions, reused=True)
 
-    def derived(self, kind: str, source: bytes, make: Callable[[bytes], bytes]) -> bytes:
+    def made_once(self, kind: str, source: bytes, make: Callable[[bytes], bytes]) -> bytes:
         """make(source), remembered by the hash of `kind` (which names the maker and its version)
         and `source`: the favicon, the minified pages."""
         digest = hashlib.sha256(kind.encode() + b"\0" + source).hexdigest()
-        path = self.directory / "derived" / digest[:2] / digest
+        path = self.directory / "derived" / digest  # flat: each new entry costs exactly one inode
         try:
             return path.read_bytes()
         except FileNotFoundError:
             data = make(source)
             path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temp.write_bytes(data)
-            os.replace(temp, path)
+            write_atomic(path, data)
             return data
 
     def put(self, key: str, icon: EncodedIcon) -> None:
@@ -66,13 +65,15 @@ class EncodeCache:
             variants = []
             for variant in rendition.variants:
                 name = f"{index}.{variant.format}"
-                (temp / name).write_bytes(variant.data)
+                write_new(temp / name, variant.data)
                 variants.append({"format": variant.format, "file": name, "detail": variant.detail, "ssim": variant.ssim})
             renditions.append({"density": rendition.density, "width": rendition.width, "height": rendition.height,
                                "variants": variants})
         meta = {"width": icon.width, "height": icon.height, "renditions": renditions}
-        (temp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        write_new(temp / "meta.json", json.dumps(meta, indent=1).encode())
         try:
             os.rename(temp, entry)
         except OSError:
             shutil.rmtree(temp, ignore_errors=True)  # another writer won the race: same bytes
+            return
+        fsync_dir(entry.parent)

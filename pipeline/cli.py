@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import signal
 import sys
@@ -17,18 +18,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import crashpoints
 from .errors import ConfigError, Interrupted, PipelineError
 
 if TYPE_CHECKING:
     from .build import BuildRequest
     from .model import RunReport
 
-CRASH_ENV = "BUILDER_CRASH_AT"  # test-only: kill -9 ourselves at a named checkpoint
 EX_IOERR = 74  # sysexits: an I/O error outside publishing (icons/, .cache/)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _log_to_stderr(getattr(args, "verbose", 0))
     if args.command == "refresh":
         return _refresh(args)
     started = time.perf_counter()
@@ -55,12 +57,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _log_to_stderr(verbosity: int) -> None:
+    """-v: the decisions (quality chosen per icon, sources refreshed or stale, releases removed);
+    -vv: also every cache hit and every source's answer. Default: the summary only."""
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="pipeline: %(message)s")
+
+
 def _build(args: argparse.Namespace, stop: _StopOnSignal) -> RunReport:
     from . import build, config
 
     site = config.load_site(Path(args.site))
     request = build.BuildRequest(site, today=dt.date.today(), now=time.time(), offline=args.offline,
-                                 jobs=args.jobs, checkpoint=stop.checkpoint(os.environ.get(CRASH_ENV)))
+                                 jobs=args.jobs, checkpoint=stop.checkpoint)
     if args.command == "icons":
         request = _icons_request(request, args.names, args.force)
     return build.run(request)
@@ -92,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     runs = argparse.ArgumentParser(add_help=False)
     runs.add_argument("--jobs", type=int, default=0, metavar="N", help="encode processes (default: one per core)")
     runs.add_argument("--summary", choices=("full", "line"), default="full", help="the run summary as a table or one line")
+    runs.add_argument("-v", "--verbose", action="count", default=0,
+                      help="log each decision to stderr (-vv: also cache hits and every source's answer)")
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", parents=[common, runs], help="fetch, encode, render and publish the site")
     build_cmd.add_argument("--offline", action="store_true", help="use the sources in icons/ only; no network")
@@ -145,17 +156,15 @@ class _StopOnSignal:
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.requested = True
 
-    def checkpoint(self, crash_at: str | None) -> Callable[[str], None]:
-        def at(name: str) -> None:
-            if name == crash_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if name == "before_switch":
-                if self.requested:
-                    raise Interrupted(f"stopped by a signal before the switch ({name}); nothing was switched")
-                self.committed = True
-            elif self.requested and not self.committed:
-                raise Interrupted(f"stopped by a signal at {name}; nothing was switched")
-        return at
+    def checkpoint(self, name: str) -> None:
+        """Called by the build at each named point of the run."""
+        crashpoints.kill_at(name)
+        if name == "before_switch":
+            if self.requested:
+                raise Interrupted(f"stopped by a signal before the switch ({name}); nothing was switched")
+            self.committed = True
+        elif self.requested and not self.committed:
+            raise Interrupted(f"stopped by a signal at {name}; nothing was switched")
 
 
 def warnings(report: RunReport) -> list[str]:
@@ -182,7 +191,7 @@ def summary(report: RunReport, seconds: float) -> str:
         f"  pages     HTML {_delta(report.minified_before, report.minified_after)}; "
         f"CSS {_delta(report.css_before, report.css_after)}",
         f"  publish   {result.files_written} files, {result.bytes_written:,} bytes written"
-        + (f"; changed: {', '.join(result.changed_pages)}" if result.changed_pages else ""),
+        + (f"; changed: {', '.join(report.changed_pages)}" if report.changed_pages else ""),
         "  time      " + "  ".join(f"{stage} {secs:.2f}s" for stage, secs in report.timings.items()),
     ]
     if report.indexnow:
@@ -195,7 +204,7 @@ def summary_line(report: RunReport, seconds: float) -> str:
     result = report.publish
     stale = sum(1 for s in report.sources if s.origin.value == "stale")
     encoded = sum(1 for e in report.encoded if not e.reused)
-    changed = ",".join(result.changed_pages) or "-"
+    changed = ",".join(report.changed_pages) or "-"
     stages = " ".join(f"{stage}={secs:.2f}" for stage, secs in report.timings.items())
     pinged = f" indexnow={len(report.indexnow.sent)}/{report.indexnow.pending}q;" if report.indexnow else ""
     return (f"{_outcome(report)}; changed={changed}; encoded={encoded} stale={stale};{pinged} "
@@ -205,7 +214,7 @@ def summary_line(report: RunReport, seconds: float) -> str:
 def _outcome(report: RunReport) -> str:
     result = report.publish
     if result.switched:
-        return f"published {result.release}" + ("" if result.changed_pages else " (assets only: no page content changed)")
+        return f"published {result.release}" + ("" if report.changed_pages else " (assets only: no page content changed)")
     return f"nothing changed; {result.release or 'no release'} stays live"
 
 

@@ -5,6 +5,7 @@ Exit codes follow sysexits(3) so a wrapper (systemd, cron) can tell them apart:
     PipelineError            70 EX_SOFTWARE   (base; an unexpected internal failure)
     ├── ConfigError          78 EX_CONFIG     icon_map.yaml / site.toml / codes.yaml is wrong
     ├── SourceError          69 EX_UNAVAILABLE an icon or feed has no good copy at all
+    │   └── FetchFailed                       one source failed (a run survives it: STALE)
     ├── ImageError           65 EX_DATAERR    an icon cannot be decoded safely
     ├── TemplateError        65 EX_DATAERR    a template fails to compile or render
     ├── PublishError         73 EX_CANTCREAT  the release could not be written or checked
@@ -33,6 +34,11 @@ class ConfigError(PipelineError):
 
 class SourceError(PipelineError):
     exit_code = 69
+
+
+class FetchFailed(SourceError):
+    """One source could not be fetched; the message names the URL and the reason. The fetch
+    stage turns it into a STALE source where a last good copy exists."""
 
 
 class ImageError(PipelineError):

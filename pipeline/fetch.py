@@ -1,4 +1,5 @@
-"""Stage 1: IconSpec -> SourceIcon. The network and icons/ are touched here and nowhere else.
+"""Stage 1: IconSpec (+ its last good copy) -> SourceIcon. HTTP only: the copies kept between
+runs are read and written by store.py, at the build's edge.
 
 Each source is asked for with a conditional GET (the stored ETag / Last-Modified). Everything a
 hostile or broken server can do is bounded: per-phase timeouts plus one deadline for the whole
@@ -12,104 +13,36 @@ had a good copy is an error.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import ipaddress
-import json
-import os
+import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from .errors import SourceError
-from .model import Document, FetchSettings, IconSpec, Origin, SourceIcon
+from .errors import FetchFailed, SourceError
+from .model import Document, FetchSettings, IconSpec, Origin, SourceIcon, Stored, sniff
 
 USER_AGENT = "pipeline-static-site/0.1 (+icon fetch; conditional GET)"
-IMAGE_MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"\xff\xd8\xff": "jpg",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-}
 Resolver = Callable[[str, int], list[str]]
-
-
-class FetchFailed(Exception):
-    """One source could not be fetched; the message names the URL and the reason."""
-
-
-# ---- icons/: the last good copy and its validators ------------------------------------------------
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Stored:
-    data: bytes
+class Reply:
+    """What one GET came back with, after the redirects were followed."""
+
     url: str
-    etag: str
-    last_modified: str
-
-
-class IconStore:
-    """icons/<slug>.<ext> holds the last good source; icons/<slug>.meta.json its URL and validators."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def load(self, spec: IconSpec) -> Stored | None:
-        meta_path = self.directory / f"{spec.slug}.meta.json"
-        meta = {}
-        if meta_path.exists():
-            try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                meta = {}  # a damaged record only costs a full download
-        for ext in [meta.get("ext", "png"), *sorted(set(IMAGE_MAGIC.values()) | {"webp", "avif"})]:
-            path = self.directory / f"{spec.slug}.{ext}"
-            if path.is_file():
-                data = path.read_bytes()
-                if meta.get("sha256") != hashlib.sha256(data).hexdigest():
-                    meta = {}  # edited by hand since: keep the bytes, drop the validators
-                return Stored(data, meta.get("url", ""), meta.get("etag", ""), meta.get("last_modified", ""))
-        return None
-
-    def save(self, source: SourceIcon) -> None:
-        """Record a validated source: bytes first, then the meta, each via temp file + rename.
-        Nothing is written when both are already on disk as they are (the hourly 304 case)."""
-        ext = sniff(source.data) or "png"
-        meta = {
-            "url": source.spec.url,
-            "etag": source.etag,
-            "last_modified": source.last_modified,
-            "sha256": hashlib.sha256(source.data).hexdigest(),
-            "ext": ext,
-        }
-        meta_bytes = (json.dumps(meta, indent=2) + "\n").encode()
-        meta_path = self.directory / f"{source.spec.slug}.meta.json"
-        if meta_path.is_file() and meta_path.read_bytes() == meta_bytes and self.load(source.spec):
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(f"{source.spec.slug}.*"):
-            if stale.suffix.lstrip(".") in {*IMAGE_MAGIC.values(), "webp", "avif"} and stale.suffix != f".{ext}":
-                stale.unlink()
-        _write_atomic(self.directory / f"{source.spec.slug}.{ext}", source.data)
-        _write_atomic(meta_path, meta_bytes)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
+    status: int  # 200 or 304; anything else is a FetchFailed
+    headers: httpx.Headers
+    body: bytes
 
 
 # ---- the stage ------------------------------------------------------------------------------------
@@ -117,98 +50,88 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def fetch_sources(
     specs: Iterable[IconSpec],
-    store: IconStore,
+    stored: Mapping[str, Stored | None],
     client: httpx.Client | None,
     settings: FetchSettings,
     *,
     resolve: Resolver | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[SourceIcon]:
-    """Every icon's source bytes, fetched concurrently; client None means offline (icons/ only)."""
+    """Every icon's source bytes, fetched concurrently; `stored`: icon name -> its last good copy;
+    client None means offline (the stored copies only). A source that fails falls back to its
+    copy (STALE); SourceError lists every icon left with neither."""
     specs = list(specs)
     deadline = clock() + settings.deadline
     fetcher = _Fetcher(client, settings, resolve or _resolve, clock, deadline) if client else None
 
-    def one(spec: IconSpec) -> SourceIcon | str:
-        stored = store.load(spec)
+    def fetch_one(spec: IconSpec) -> SourceIcon:
+        copy = stored.get(spec.name)
         if fetcher is None:
-            if stored is None:
-                return f"icon {spec.name!r}: no copy in icons/ and --offline forbids fetching {spec.url}"
-            return SourceIcon(spec, stored.data, Origin.LOCAL, etag=stored.etag, last_modified=stored.last_modified)
+            if copy is None:
+                raise FetchFailed(f"icon {spec.name!r}: no copy in icons/ and --offline forbids fetching {spec.url}")
+            return SourceIcon(spec, copy.data, Origin.LOCAL, etag=copy.etag, last_modified=copy.last_modified)
         try:
-            return fetcher.fetch(spec, stored)
+            fetched = fetcher.fetch(spec, copy)
+            log.debug("%s: %s (%s)", spec.name, fetched.origin.value, spec.url)
+            return fetched
         except FetchFailed as failure:
-            if stored is None:
-                return f"icon {spec.name!r}: {failure}; there is no earlier copy in icons/ to fall back on"
-            return SourceIcon(spec, stored.data, Origin.STALE, str(failure), stored.etag, stored.last_modified)
+            log.info("%s: %s", spec.name, failure)
+            if copy is None:
+                raise FetchFailed(f"icon {spec.name!r}: {failure}; there is no earlier copy in icons/ to fall back on") from None
+            return SourceIcon(spec, copy.data, Origin.STALE, str(failure), copy.etag, copy.last_modified)
 
-    watchdog = threading.Timer(settings.deadline, fetcher.cut_off) if fetcher else None  # wall-clock seconds
-    if watchdog:
-        watchdog.daemon = True
-        watchdog.start()
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
-            results = list(pool.map(one, specs))
-    finally:
-        if watchdog:
-            watchdog.cancel()
-    problems = tuple(r for r in results if isinstance(r, str))
+    with _watchdog(fetcher, settings.deadline), ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
+        futures = [pool.submit(fetch_one, spec) for spec in specs]
+    sources, problems = [], []
+    for future in futures:
+        try:
+            sources.append(future.result())
+        except FetchFailed as failure:
+            problems.append(str(failure))
     if problems:
-        raise SourceError(f"{len(problems)} icon(s) have no usable source; fix the URL or put a copy in icons/", problems)
-    return [r for r in results if isinstance(r, SourceIcon)]
+        raise SourceError(f"{len(problems)} icon(s) have no usable source; fix the URL or put a copy in icons/",
+                          tuple(problems))
+    return sources
 
 
-def fetch_feed(url: str, stored_path: Path, client: httpx.Client | None, settings: FetchSettings, *,
+def fetch_feed(url: str, stored: Stored | None, client: httpx.Client | None, settings: FetchSettings, *,
                resolve: Resolver | None = None, clock: Callable[[], float] = time.monotonic) -> Document:
-    """The codes feed, conditionally; its last good copy (stored_path) when the feed fails."""
-    stored = load_document(stored_path)
+    """The codes feed, conditionally; its last good copy (`stored`) when the feed fails."""
     if client is None:
         if stored is None:
-            raise SourceError(f"content feed {url}: no copy in {stored_path} and --offline forbids fetching it")
+            raise SourceError(f"content feed {url}: no saved copy, and --offline forbids fetching it")
         return Document(url, stored.data.decode("utf-8"), Origin.LOCAL, etag=stored.etag, last_modified=stored.last_modified)
     fetcher = _Fetcher(client, settings, resolve or _resolve, clock, clock() + settings.deadline)
-    watchdog = threading.Timer(settings.deadline, fetcher.cut_off)
-    watchdog.daemon = True
-    watchdog.start()
     validators = stored if stored and stored.url == url else None
     try:
-        _url, status, headers, body = fetcher._get(url, validators, FEED)
+        with _watchdog(fetcher, settings.deadline):
+            reply = fetcher.get(url, validators, FEED)
     except FetchFailed as failure:
         if stored is None:
             raise SourceError(f"content feed: {failure}; there is no earlier copy to fall back on") from None
         return Document(url, stored.data.decode("utf-8"), Origin.STALE, str(failure), stored.etag, stored.last_modified)
-    finally:
-        watchdog.cancel()
-    etag, modified = headers.get("etag", ""), headers.get("last-modified", "")
-    if status == 304 and validators:
+    etag, modified = reply.headers.get("etag", ""), reply.headers.get("last-modified", "")
+    if reply.status == 304 and validators:
         return Document(url, validators.data.decode("utf-8"), Origin.NOT_MODIFIED, "", etag or validators.etag,
                         modified or validators.last_modified)
-    if status == 304:
+    if reply.status == 304:
         raise SourceError(f"content feed: HTTP 304 from {url} to a request without validators")
-    origin = Origin.NOT_MODIFIED if stored and stored.data == body else Origin.DOWNLOADED
-    return Document(url, body.decode("utf-8"), origin, "", etag, modified)
+    origin = Origin.NOT_MODIFIED if stored and stored.data == reply.body else Origin.DOWNLOADED
+    return Document(url, reply.body.decode("utf-8"), origin, "", etag, modified)
 
 
-def load_document(path: Path) -> Stored | None:
-    meta_path = path.with_name(path.name + ".meta.json")
+@contextlib.contextmanager
+def _watchdog(fetcher: _Fetcher | None, seconds: float) -> Iterator[None]:
+    """At the deadline (wall-clock seconds), cut every connection of the stage."""
+    timer = threading.Timer(seconds, fetcher.cut_off) if fetcher else None
+    if timer:
+        timer.daemon = True
+        timer.start()
     try:
-        data = path.read_bytes()
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if meta.get("sha256") != hashlib.sha256(data).hexdigest():
-        return None
-    return Stored(data, meta.get("url", ""), meta.get("etag", ""), meta.get("last_modified", ""))
-
-
-def save_document(path: Path, document: Document) -> None:
-    """Keep a feed that parsed and validated as the last good copy, with its validators."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = document.text.encode("utf-8")
-    _write_atomic(path, data)
-    meta = {"url": document.label, "etag": document.etag, "last_modified": document.last_modified,
-            "sha256": hashlib.sha256(data).hexdigest()}
-    _write_atomic(path.with_name(path.name + ".meta.json"), (json.dumps(meta, indent=2) + "\n").encode())
+        yield
+    finally:
+        if timer:
+            timer.cancel()
 
 
 class _Fetcher:
@@ -239,19 +162,17 @@ class _Fetcher:
 
     def fetch(self, spec: IconSpec, stored: Stored | None) -> SourceIcon:
         validators = stored if stored and stored.url == spec.url else None
-        response_url, status, headers, body = self._get(spec.url, validators)
-        if status == 304:
+        reply = self.get(spec.url, validators, IMAGE)
+        if reply.status == 304:
             if validators is None:
-                raise FetchFailed(f"HTTP 304 from {response_url} to a request without validators")
-            return SourceIcon(spec, validators.data, Origin.NOT_MODIFIED, etag=headers.get("etag", validators.etag),
-                              last_modified=headers.get("last-modified", validators.last_modified))
-        etag, modified = headers.get("etag", ""), headers.get("last-modified", "")
-        if stored and stored.data == body:
-            return SourceIcon(spec, body, Origin.NOT_MODIFIED, etag=etag, last_modified=modified)
-        return SourceIcon(spec, body, Origin.DOWNLOADED, etag=etag, last_modified=modified)
+                raise FetchFailed(f"HTTP 304 from {reply.url} to a request without validators")
+            return SourceIcon(spec, validators.data, Origin.NOT_MODIFIED, etag=reply.headers.get("etag", validators.etag),
+                              last_modified=reply.headers.get("last-modified", validators.last_modified))
+        etag, modified = reply.headers.get("etag", ""), reply.headers.get("last-modified", "")
+        origin = Origin.NOT_MODIFIED if stored and stored.data == reply.body else Origin.DOWNLOADED
+        return SourceIcon(spec, reply.body, origin, etag=etag, last_modified=modified)
 
-    def _get(self, url: str, validators: Stored | None, kind: _Kind | None = None) -> tuple[str, int, httpx.Headers, bytes]:
-        kind = kind or IMAGE
+    def get(self, url: str, validators: Stored | None, kind: _Kind) -> Reply:
         # Connection: close, so no request reuses a pooled connection whose socket _trace never saw.
         headers = {"Accept": kind.accept, "Accept-Encoding": "identity", "User-Agent": USER_AGENT,
                    "Connection": "close"}
@@ -280,10 +201,10 @@ class _Fetcher:
                     url = self._next_hop(url, response.headers["location"])
                     continue
                 if response.status_code == 304:
-                    return url, 304, response.headers, b""
+                    return Reply(url, 304, response.headers, b"")
                 if response.status_code != 200:
                     raise FetchFailed(f"HTTP {response.status_code} from {url}")
-                return url, 200, response.headers, self._read_body(url, response, kind)
+                return Reply(url, 200, response.headers, self._read_body(url, response, kind))
             finally:
                 response.close()
         raise FetchFailed(f"more than {self.settings.max_redirects} redirects from {url}")
@@ -382,17 +303,6 @@ IMAGE = _Kind("an image", "image/png,image/*;q=0.8", ("image/", "application/oct
 FEED = _Kind("JSON or YAML", "application/json, application/yaml;q=0.9, text/plain;q=0.5",
              ("application/json", "text/json", "application/yaml", "application/x-yaml", "text/yaml", "text/plain"),
              _text_problem)
-
-
-def sniff(data: bytes) -> str | None:
-    for magic, ext in IMAGE_MAGIC.items():
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[4:12] in (b"ftypavif", b"ftypavis"):
-        return "avif"
-    return None
 
 
 def _shut(sock: socket.socket) -> None:

@@ -15,7 +15,7 @@ Answers, per the protocol (https://www.indexnow.org/documentation):
 from __future__ import annotations
 
 import json
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,9 +24,43 @@ import httpx
 
 from .errors import ConfigError
 from .model import IndexNowSettings, PingResult
+from .files import write_atomic
 
 BATCH = 10_000  # the protocol's limit per POST
+PAGE_TYPES = (".html", ".json", ".xml", ".txt")  # what a reader or a crawler sees as content
+NOT_CONTENT = {"manifest.json"}
 MAX_BACKOFF = 3600.0  # a huge Retry-After, or a clock that jumped, never locks us out longer
+
+
+# ---- what changed, as a reader sees it -------------------------------------------------------
+
+_ASSET_URL = re.compile(rb"/assets/[^\"'\s<>(),]+")
+_VOLATILE = re.compile(rb'(<meta name="build" content=|integrity=)"[^"]*"')
+_UNSEEN = re.compile(rb'<source\b[^>]*>|\s+srcset="[^"]*"')
+
+
+def visible(page: bytes) -> bytes:
+    """The page with what a reader cannot see blanked out: asset URLs (hashes, densities), srcsets,
+    which formats a <picture> offers, SRI and the build id. An icon re-encoded, at other densities
+    or in another format, is the same icon to the reader."""
+    return _UNSEEN.sub(b"", _VOLATILE.sub(rb'\1""', _ASSET_URL.sub(b"/assets/", page)))
+
+
+def changed_pages(replaced: dict[str, bytes | None], files: dict[str, bytes]) -> tuple[str, ...]:
+    """Of the files a release added, changed or dropped (`replaced`: path -> the bytes it had
+    before, None if new), the pages whose visible content is new, gone or different. A page that
+    differs only in asset hashes (an icon re-encoded, the CSS changed) or its build id is not a
+    content change: search engines need not hear about it."""
+    changed = []
+    for path, old in sorted(replaced.items()):
+        if not path.endswith(PAGE_TYPES) or path in NOT_CONTENT:
+            continue
+        if old is None or path not in files or visible(old) != visible(files[path]):
+            changed.append(path)
+    return tuple(changed)
+
+
+# ---- the outbox and the ping ------------------------------------------------------------------
 
 
 @dataclass
@@ -47,13 +81,8 @@ class Outbox:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         data = json.dumps({"pending": self.pending, "sent": self.sent, "retry_after": self.retry_after}, indent=1)
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(data + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        write_atomic(path, (data + "\n").encode())
 
     def queue(self, changed: dict[str, str]) -> None:
         for url, digest in changed.items():
@@ -88,7 +117,7 @@ def _send(outbox: Outbox, base_url: str, settings: IndexNowSettings, client: htt
         try:
             response = client.post(settings.endpoint, json=body, timeout=settings.timeout)
         except httpx.HTTPError as error:
-            return _kept(outbox, sent, f"IndexNow endpoint {settings.endpoint} unreachable ({type(error).__name__}); "
+            return _stopped(outbox, sent, f"IndexNow endpoint {settings.endpoint} unreachable ({type(error).__name__}); "
                                        "the URLs stay queued for the next run")
         status = response.status_code
         if status in (200, 202):
@@ -97,20 +126,20 @@ def _send(outbox: Outbox, base_url: str, settings: IndexNowSettings, client: htt
             sent += batch
         elif status == 429:
             outbox.retry_after = now + min(_retry_after(response), MAX_BACKOFF)
-            return _kept(outbox, sent, f"IndexNow answered 429 (too many requests); backing off "
+            return _stopped(outbox, sent, f"IndexNow answered 429 (too many requests); backing off "
                                        f"{outbox.retry_after - now:.0f}s with the URLs queued")
         elif status in (400, 403, 422):
             why = {400: "the request was malformed", 403: f"the key was not verified: is {body['keyLocation']} "
                    "served with exactly the key?", 422: f"the URLs do not belong to {body['host']} or the key "
                    "does not match"}[status]
-            return _kept(outbox, sent, f"IndexNow refused the ping with {status}: {why}; fix it, the URLs stay queued")
+            return _stopped(outbox, sent, f"IndexNow refused the ping with {status}: {why}; fix it, the URLs stay queued")
         else:
-            return _kept(outbox, sent, f"IndexNow answered {status}; the URLs stay queued for the next run")
+            return _stopped(outbox, sent, f"IndexNow answered {status}; the URLs stay queued for the next run")
     outbox.retry_after = 0.0
     return PingResult(tuple(sent), len(outbox.pending))
 
 
-def _kept(outbox: Outbox, sent: list[str], problem: str) -> PingResult:
+def _stopped(outbox: Outbox, sent: list[str], problem: str) -> PingResult:
     return PingResult(tuple(sent), len(outbox.pending), problem)
 
 

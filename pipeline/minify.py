@@ -18,18 +18,18 @@ Memo = Callable[[bytes, Callable[[bytes], bytes]], bytes]
 
 
 def minify_css(css: str) -> str:
-    return rcssmin.cssmin(css)
+    return str(rcssmin.cssmin(css))
 
 
 def minify_html(html: str) -> str:
-    return htmlmin.minify(
+    return str(htmlmin.minify(
         html,
         remove_comments=True,
         remove_empty_space=True,
         reduce_empty_attributes=True,
         remove_optional_attribute_quotes=False,  # keeps attribute values safe for any later tooling
         convert_charrefs=False,  # True decodes attribute text a second time: alt="A&amp;lt;B" became "A<B"
-    )
+    ))
 
 
 def _minify_html_bytes(html: bytes) -> bytes:

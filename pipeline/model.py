@@ -1,4 +1,5 @@
-"""The values that flow between the stages. Frozen dataclasses, nothing else."""
+"""The values that flow between the stages: frozen dataclasses, and the tables and one pure
+function (`sniff`) that name the formats."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ MIME = {
     "txt": "text/plain",
 }
 
+IMAGE_EXTENSIONS = ("avif", "gif", "jpg", "png", "webp")  # the source formats we take
+
+
+def sniff(data: bytes) -> str | None:
+    """An image's format by its magic bytes, as a file extension; None if it is not one we take."""
+    for magic, ext in ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif")):
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[4:12] in (b"ftypavif", b"ftypavis"):
+        return "avif"
+    return None
+
 
 # ---- configuration -------------------------------------------------------------------------
 
@@ -27,7 +42,7 @@ MIME = {
 class EncodeSettings:
     """How one icon is encoded. Part of the encode cache key."""
 
-    ssim_floor: float = 0.98  # per-icon quality floor, over black and over white (issue 4)
+    ssim_floor: float = 0.98  # per-icon quality floor, over black and over white
     avif: bool = True  # try AVIF and keep it only where it is smaller than the WebP
     lossless_only: bool = False  # skip the lossy search (pixel art, logos with hard edges)
     png_level: int = 2  # oxipng level: 4 took 3x the time of 2 for the same bytes on the default icons
@@ -142,6 +157,16 @@ class Origin(enum.Enum):
     NOT_MODIFIED = "not modified"  # 304, or 200 with the bytes we already had
     STALE = "stale"  # the source failed; the last good copy is used
     LOCAL = "local"  # --offline: icons/ only, nothing asked
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A last good copy kept between runs (icons/, the feed's copy) and its validators."""
+
+    data: bytes
+    url: str  # what it was fetched from; validators are sent only when the URL is the same
+    etag: str
+    last_modified: str
 
 
 @dataclass(frozen=True)
@@ -331,10 +356,9 @@ class Minified:
 class PublishResult:
     switched: bool
     release: str  # name of the live release after the run
-    changed_pages: tuple[str, ...]  # pages whose visible content differs from the previous live release
-    files_written: int
+    replaced: dict[str, bytes | None]  # files outside assets/ this release adds or changes: the
+    files_written: int                  # bytes they had in the release it replaced (None: new)
     bytes_written: int
-    removed_releases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,6 +380,7 @@ class RunReport:
     css_before: int
     css_after: int
     publish: PublishResult
+    changed_pages: tuple[str, ...]  # pages whose visible content changed (what IndexNow hears of)
     timings: dict[str, float] = field(default_factory=dict)
     indexnow: PingResult | None = None  # None: not configured, or offline
     content: Document | None = None

@@ -29,23 +29,21 @@ def render_pages(templates_dir: Path, view: SiteView, bytecode_dir: Path | None 
                  eager: int = 6) -> tuple[Page, ...]:
     """`bytecode_dir`: where Jinja2 may keep compiled templates (saves ~30 ms a run).
     `eager`: how many icons, in document order, each page loads at once (the first screen)."""
-    env = _environment(templates_dir, view, bytecode_dir)
+    env = environment(templates_dir, view, bytecode_dir, eager)
     names = sorted(n for n in env.list_templates(extensions=["html"]) if not Path(n).name.startswith("_"))
     if "index.html" not in names:
         raise TemplateError(f"{templates_dir.name}/index.html is missing; every site needs a home page")
-    loading = _LoadingOrder(eager)
-    env.globals["icon_loading"] = loading  # a global: imported macros see globals, not the page's context
-    pages = []
-    for name in names:
-        loading.restart()
-        pages.append(Page(name, _render(env, templates_dir, name, view).encode("utf-8")))
+    pages = [Page(name, render_page(env, templates_dir, name).encode("utf-8")) for name in names]
     pages.append(Page("codes.json", codes_json(view).encode("utf-8")))
     pages.append(Page("sitemap.xml", sitemap(view, [p.path for p in pages if p.path.endswith(".html")]).encode()))
     pages.append(Page("robots.txt", f"User-agent: *\nAllow: /\nSitemap: {view.base_url}/sitemap.xml\n".encode()))
     return tuple(pages)
 
 
-def _environment(templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None) -> jinja2.Environment:
+def environment(templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None,
+                eager: int = 6) -> jinja2.Environment:
+    """The Jinja2 environment the pages render in (also what a server rendering per request,
+    like the bench's Flask baseline, would hold)."""
     if bytecode_dir is not None:
         bytecode_dir.mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(
@@ -73,6 +71,7 @@ def _environment(templates_dir: Path, view: SiteView, bytecode_dir: Path | None 
         return view.assets[logical].integrity if logical in view.assets else asset_url(logical)
 
     env.globals.update(
+        icon_loading=_LoadingOrder(eager),  # a global: imported macros see globals, not the page's context
         site=view, ICON_MAP=view.icons, icon_map_json=icon_map_json(view.icons),
         icon=icon, asset_url=asset_url, integrity=integrity,
         active=[c for c in view.content.codes if c.active_on(view.today)],
@@ -81,9 +80,14 @@ def _environment(templates_dir: Path, view: SiteView, bytecode_dir: Path | None 
     return env
 
 
-def _render(env: jinja2.Environment, templates_dir: Path, name: str, view: SiteView) -> str:
+def render_page(env: jinja2.Environment, templates_dir: Path, name: str, **context: object) -> str:
+    """One page (`context` overrides globals, as a per-request server would pass today's codes);
+    a template error becomes a TemplateError naming templates/FILE:LINE."""
+    loading = env.globals["icon_loading"]
+    assert isinstance(loading, _LoadingOrder)
+    loading.restart()
     try:
-        return env.get_template(name).render()
+        return env.get_template(name).render(**context)
     except jinja2.TemplateSyntaxError as error:
         where = f"{templates_dir.name}/{error.name or name}:{error.lineno}"
         raise TemplateError(f"{where}: syntax error: {error.message}") from None

@@ -12,10 +12,11 @@ or, in a test module, `from .nginx import nginx_server  # noqa: F401` and take t
 nginx runs in the foreground (`daemon off;`) as a child of the test, with its pid file, logs and
 temp dirs in a private temp prefix, `worker_processes 1`, and an http block that includes
 /etc/nginx/mime.types and the shipped server block with only its `listen` and `root` lines
-rewritten (to 127.0.0.1:<free port> and <site>/dist/current). It is stopped by PID: SIGTERM,
-a bounded wait, then SIGKILL to its process group. The main config loads no dynamic module
-(`load_module`) on purpose: the shipped block must work on a stock nginx, brotli included (it
-serves the .br files with core directives; see the Compression notes in deploy/nginx.conf).
+rewritten (to 127.0.0.1:<free port> and <site>/dist/current). It is stopped by PID with
+tools.stop_process: SIGTERM to its process group, a bounded wait, then SIGKILL to the group. The
+main config loads no dynamic module (`load_module`) on purpose: the shipped block must work on a
+stock nginx, brotli included (it serves the .br files with core directives; see the Compression
+notes in deploy/nginx.conf).
 
 Permissions: when the tests run as root the master stays root but the workers drop to `nobody`
 (no `user` line), as production workers drop to www-data. That is deliberate: it proves the files
@@ -31,7 +32,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from .tools import require, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = REPO / "deploy" / "nginx.conf"
@@ -75,12 +77,7 @@ def nginx_available() -> tuple[bool, str]:
 def require_nginx() -> None:
     """Skip when nginx is missing, except under CI (CI set), where a missing nginx is a failure:
     a CI image that silently skips these tests would never test the deploy config at all."""
-    ok, reason = nginx_available()
-    if ok:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {reason}", pytrace=False)
-    pytest.skip(reason)
+    require(*nginx_available())
 
 
 # ---- config generation -------------------------------------------------------------------------
@@ -183,18 +180,10 @@ def _answers(port: int) -> bool:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the master (a fast shutdown that also ends its workers), wait, then SIGKILL the
-    process group it leads (start_new_session), so no orphaned worker keeps the port."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # pgid == the master's pid; only our nginx is in it
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_TIMEOUT)
+    """SIGTERM to the process group the master leads (start_new_session; a fast shutdown), a
+    bounded wait, then SIGKILL to the group, so no orphaned worker keeps the port: tools.stop_process,
+    under the name bench/serve.py calls."""
+    stop_process(process, group=True, timeout=STOP_TIMEOUT)
 
 
 def _log_tail(prefix: Path, limit: int = 2000) -> str:

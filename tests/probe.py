@@ -11,7 +11,8 @@ sends the prebuilt .gz files, gzip_static), odd ones ask for identity, so both c
 page are read while they are swapped:
 
   1. GET /            -> 200, ends with </html> (else "torn"), has <meta name="build" content=...>
-  2. GET every local URL the page names (src, srcset candidates, href) -> 200 (404 = "missing")
+  2. GET every local URL the page names (pipeline.gate.urls_in: src, href, each srcset candidate,
+     poster, data) -> 200 (404 = "missing")
   3. GET /codes.json  -> 200 and parses as JSON (else "torn")
 
 Everything it saw is kept for the retention check: build id -> the asset URLs that page named
@@ -28,38 +29,21 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 import httpx
+
+from pipeline.gate import urls_in
 
 BUILD_META = re.compile(r"""<meta\s+name=["']?build["']?\s+content=["']?([^"'\s>]+)""", re.IGNORECASE)
 KEEP_EXAMPLES = 20  # error lists keep this many examples; the counters count everything
 
 
-class _Urls(HTMLParser):
-    """src, href and every srcset candidate, in document order."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for key, value in attrs:
-            if not value:
-                continue
-            if key == "srcset":
-                self.urls += [part.strip().split()[0] for part in value.split(",") if part.strip()]
-            elif key in ("src", "href"):
-                self.urls.append(value.strip())
-
-
 def local_urls(html: str) -> list[str]:
-    """The same-site paths a page names (root-relative, no scheme or host), deduplicated, in order."""
-    parser = _Urls()
-    parser.feed(html)
+    """The same-site paths a page names (root-relative, no scheme or host), deduplicated, in order.
+    The URLs come from pipeline.gate.urls_in, the extractor the pre-switch gate uses."""
     seen: dict[str, None] = {}
-    for url in parser.urls:
+    for _tag, _attribute, url in urls_in(html):
         parts = urlsplit(url)
         if parts.scheme or parts.netloc or not parts.path.startswith("/"):
             continue

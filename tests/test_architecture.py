@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 STAGES = {"fetch", "encode", "fingerprint", "render", "minify", "publish"}
-SHARED = {"model", "errors"}
+SHARED = {"model", "errors", "files"}  # the vocabulary, the error tree, the one way to write a file
+OWN_HELPERS = {"publish": {"gate", "retention"}}  # the pre-switch gate and the retention rule
 
 
 def pipeline_imports(module: str) -> set[str]:
@@ -24,14 +25,17 @@ def pipeline_imports(module: str) -> set[str]:
 
 def test_stage_modules_import_only_model_and_errors() -> None:
     for stage in sorted(STAGES):
-        assert pipeline_imports(stage) <= SHARED, f"{stage}.py imports {pipeline_imports(stage) - SHARED}"
+        allowed = SHARED | OWN_HELPERS.get(stage, set())
+        assert pipeline_imports(stage) <= allowed, f"{stage}.py imports {pipeline_imports(stage) - allowed}"
+    for helper in sorted(set().union(*OWN_HELPERS.values())):
+        assert pipeline_imports(helper) <= SHARED, f"{helper}.py imports {pipeline_imports(helper) - SHARED}"
 
 
 def test_only_build_composes_the_stages() -> None:
     composers = {p.stem: pipeline_imports(p.stem) & STAGES for p in PACKAGE.glob("*.py")}
     composers = {name: stages for name, stages in composers.items() if stages}
-    # worker.py is the encode stage's process shell: it may import encode and nothing else.
-    assert composers == {"build": composers["build"], "worker": {"encode"}}
+    # encode_pool.py is the build's encode fan-out: it may import encode and nothing else.
+    assert composers == {"build": composers["build"], "encode_pool": {"encode"}}
 
 
 def test_only_cli_prints() -> None:
@@ -41,3 +45,19 @@ def test_only_cli_prints() -> None:
         calls = [n for n in ast.walk(ast.parse(path.read_text()))
                  if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"]
         assert not calls, f"{path.name} prints"
+
+
+def test_config_package_imports_only_model_and_errors_and_never_prints() -> None:
+    # pipeline/config/ is a package (one reader per input file), which the walks above do not enter.
+    for path in sorted((PACKAGE / "config").glob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:  # from ..x import y, from .. import x
+                found |= {node.module} if node.module else {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "pipeline":
+                found |= {node.module.split(".")[1]} if "." in node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {(a.name + ".").split(".")[1] for a in node.names if a.name.split(".")[0] == "pipeline"}
+            assert not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print"), f"{path.name} prints"
+        found -= {"config"}  # its own modules, imported absolutely
+        assert found <= {"model", "errors"}, f"config/{path.name} imports {found - {'model', 'errors'}}"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from pipeline.gate import urls_in
 from pipeline.lock import exclusive
 
 from .conftest import REPO, run_cli
@@ -21,23 +22,19 @@ from .conftest import REPO, run_cli
 MAGIC = {".png": b"\x89PNG", ".webp": b"RIFF", ".avif": b"\x00\x00\x00", ".css": b""}
 
 
-class Refs(HTMLParser):
+class Pictures(HTMLParser):
+    """Each <picture>'s <source> and <img> children, with their attributes, in document order.
+    Not a URL extractor: the URLs a page names come from pipeline.gate.urls_in."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.refs: list[tuple[str, str, str]] = []  # (tag, attribute, url)
         self.pictures: list[list[tuple[str, dict[str, str | None]]]] = []
 
     def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
         if tag == "picture":
             self.pictures.append([])
         elif tag in ("source", "img") and self.pictures:
-            self.pictures[-1].append((tag, a))
-        for key in ("src", "href"):
-            if a.get(key):
-                self.refs.append((tag, key, a[key]))
-        for url, _descriptor in srcset(a.get("srcset") or ""):
-            self.refs.append((tag, "srcset", url))
+            self.pictures[-1].append((tag, dict(attrs)))
 
 
 def srcset(value: str) -> list[tuple[str, str]]:
@@ -66,9 +63,7 @@ def test_default_site_builds_and_every_reference_resolves(site: Path) -> None:
     html_files = sorted(live.rglob("*.html"))
     assert [p.name for p in html_files] == ["404.html", "index.html"]
     for page in html_files:
-        parser = Refs()
-        parser.feed(page.read_text())
-        local = [(t, k, u) for t, k, u in parser.refs if u.startswith("/")]
+        local = [(t, k, u) for t, k, u in urls_in(page.read_text()) if u.startswith("/")]
         assert local, page
         for tag, key, url in local:
             target = live / url.lstrip("/").split("#")[0]
@@ -77,7 +72,7 @@ def test_default_site_builds_and_every_reference_resolves(site: Path) -> None:
             assert target.is_file(), f"{page.name}: {tag} {key}={url} missing"
             assert target.read_bytes().startswith(MAGIC.get(target.suffix, b"")), url
     # The <picture> fallback <img> is a PNG; each <source> type matches its file.
-    parser = Refs()
+    parser = Pictures()
     parser.feed((live / "index.html").read_text())
     assert len(parser.pictures) >= 11
     for picture in parser.pictures:
@@ -174,7 +169,7 @@ def test_icons_command_reencodes_named_icons(site: Path) -> None:
     assert "nothing changed" in forced.stdout  # the encoder is deterministic: same bytes, no switch
     # New settings for one icon: only it is encoded again, without --force.
     icon_map = site / "icon_map.yaml"
-    icon_map.write_text(icon_map.read_text().replace("  alt: Polychrome\n", "  alt: Polychrome\n  avif: false\n"))
+    icon_map.write_text(icon_map.read_text().replace("  alt: Polychrome\n", "  alt: Polychrome\n  densities: [1]\n"))
     changed = run_cli(site, "icons", "Polychrome")
     assert "1 encoded, 10 reused from cache" in changed.stdout and "published r000002" in changed.stdout
     unknown = run_cli(site, "icons", "Nope")

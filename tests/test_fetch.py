@@ -14,9 +14,12 @@ import httpx
 import pytest
 
 from pipeline.errors import SourceError
-from pipeline.fetch import IconStore, Stored, fetch_sources, make_client
+from pipeline.fetch import fetch_sources, make_client
+from pipeline.model import Stored
+from pipeline.store import IconStore
 from pipeline.model import EncodeSettings, FetchSettings, IconSpec, Origin, SourceIcon
 from tests.origin import ScriptedOrigin, make_png, self_signed, serve
+from tests.tools import require
 
 TIMEOUT = 0.5
 DEADLINE = 2.0
@@ -54,10 +57,15 @@ def seed(store: IconStore, icon: IconSpec, data: bytes = OLD_PNG, etag: str = '"
     store.save(SourceIcon(icon, data, Origin.DOWNLOADED, etag=etag, last_modified=last_modified))
 
 
+def copies(store: IconStore, icons: list[IconSpec]) -> dict[str, Stored | None]:
+    """What the build hands the fetch stage: each icon's last good copy in icons/."""
+    return {icon.name: store.load(icon) for icon in icons}
+
+
 def fetch_one(icon: IconSpec, store: IconStore, client: httpx.Client | None,
               settings: FetchSettings = SETTINGS) -> tuple[SourceIcon, float]:
     start = time.monotonic()
-    sources = fetch_sources([icon], store, client, settings)
+    sources = fetch_sources([icon], copies(store, [icon]), client, settings)
     elapsed = time.monotonic() - start
     assert [s.spec for s in sources] == [icon]
     return sources[0], elapsed
@@ -202,7 +210,7 @@ def test_failing_source_without_a_copy_is_a_source_error(origin, client, store, 
     icon = spec(failing_url(origin, case))
     start = time.monotonic()
     with pytest.raises(SourceError) as raised:
-        fetch_sources([icon], store, client, SETTINGS)
+        fetch_sources([icon], copies(store, [icon]), client, SETTINGS)
     elapsed = time.monotonic() - start
     [problem] = raised.value.problems
     assert problem.startswith("icon 'Polychrome': ")
@@ -227,7 +235,7 @@ def test_one_deadline_covers_the_whole_stage(origin, client, store) -> None:
     seed(store, slow)
     seed(store, next_in_line)
     start = time.monotonic()
-    sources = fetch_sources([slow, next_in_line], store, client, replace(SHORT, concurrency=1))
+    sources = fetch_sources([slow, next_in_line], copies(store, [slow, next_in_line]), client, replace(SHORT, concurrency=1))
     assert time.monotonic() - start <= SHORT.deadline + TIMEOUT + SLACK
     assert [(s.origin, s.reason) for s in sources] == [
         (Origin.STALE, f"{slow.url} was still sending at the 1s fetch deadline"),
@@ -240,7 +248,7 @@ def test_the_deadline_is_read_from_the_injected_clock(origin, client, store) -> 
     readings = iter([0.0, 0.0])  # the stage start, then the request; every later reading is past the deadline
     icon = spec(origin.url("/ok.png"))
     seed(store, icon)
-    [source] = fetch_sources([icon], store, client, SETTINGS, clock=lambda: next(readings, 100.0))
+    [source] = fetch_sources([icon], copies(store, [icon]), client, SETTINGS, clock=lambda: next(readings, 100.0))
     assert (source.origin, source.reason) == (Origin.STALE, f"{icon.url} was still sending at the 2s fetch deadline")
     assert origin.count("/ok.png") == 1
 
@@ -258,11 +266,11 @@ def test_one_failing_icon_does_not_hide_the_good_ones(origin, client, store) -> 
                             spec(origin.url("/404.png"), "Missing"))
     seed(store, stale)
     with pytest.raises(SourceError) as raised:
-        fetch_sources([good, stale, missing], store, client, SETTINGS)
+        fetch_sources([good, stale, missing], copies(store, [good, stale, missing]), client, SETTINGS)
     assert raised.value.problems == (
         f"icon 'Missing': HTTP 404 from {missing.url}; there is no earlier copy in icons/ to fall back on",)
     seed(store, missing)
-    sources = fetch_sources([good, stale, missing], store, client, SETTINGS)
+    sources = fetch_sources([good, stale, missing], copies(store, [good, stale, missing]), client, SETTINGS)
     assert [(s.spec.name, s.origin) for s in sources] == [
         ("Good", Origin.DOWNLOADED), ("Stale", Origin.STALE), ("Missing", Origin.STALE)]
     assert origin.count("/ok.png") == 2 and origin.count("/500.png") == 2 and origin.count("/404.png") == 2
@@ -274,8 +282,7 @@ def test_one_failing_icon_does_not_hide_the_good_ones(origin, client, store) -> 
 @pytest.fixture
 def tls_origin(tmp_path: Path) -> Iterator[tuple[ScriptedOrigin, httpx.Client]]:
     """The origin over TLS, and a client that trusts its certificate (make_client trusts only real CAs)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI to make a test certificate")
+    require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
     server_context, client_context = self_signed(tmp_path)
     transport = httpx.HTTPTransport(verify=client_context, retries=1)
     with serve(tls=server_context) as server, httpx.Client(trust_env=False, transport=transport) as http:
@@ -316,7 +323,7 @@ def test_private_address_is_refused_before_any_request(origin, client, store) ->
     settings = replace(SETTINGS, allow_private=False)
     icon = spec(origin.url("/ok.png"))
     with pytest.raises(SourceError) as raised:
-        fetch_sources([icon], store, client, settings)
+        fetch_sources([icon], copies(store, [icon]), client, settings)
     [problem] = raised.value.problems
     assert f"{icon.url} resolves to the non-public address 127.0.0.1; refused" in problem
     seed(store, icon)
@@ -338,7 +345,7 @@ def test_offline_without_a_copy_names_the_icon_and_url(origin, store) -> None:
     present, absent = spec(origin.url("/ok.png"), "Present"), spec(origin.url("/404.png"), "Absent")
     seed(store, present)
     with pytest.raises(SourceError) as raised:
-        fetch_sources([present, absent], store, None, SETTINGS)
+        fetch_sources([present, absent], copies(store, [present, absent]), None, SETTINGS)
     assert raised.value.problems == (f"icon 'Absent': no copy in icons/ and --offline forbids fetching {absent.url}",)
     assert origin.count() == 0
 
@@ -348,8 +355,7 @@ def test_offline_without_a_copy_names_the_icon_and_url(origin, store) -> None:
 
 def test_untrusted_certificate_is_refused_by_the_production_client(tmp_path: Path, store) -> None:
     """Row 20: verification is never turned off; the last good copy is used instead."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI to make a test certificate")
+    require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
     server_context, _trusting = self_signed(tmp_path)
     with serve(tls=server_context) as origin, make_client(SETTINGS) as production:
         icon = spec(origin.url("/ok.png"))
@@ -382,7 +388,7 @@ def test_redirect_to_a_private_address_is_refused_before_connecting(origin, clie
     icon = spec(origin.url("/redirect-to") + "?to=" + target)
     seed(store, icon)
     settings = replace(SETTINGS, allow_private=False)
-    [source] = fetch_sources([icon], store, client, settings, resolve=resolve)
+    [source] = fetch_sources([icon], copies(store, [icon]), client, settings, resolve=resolve)
     assert source.origin is Origin.STALE
     assert "resolves to the non-public address" in source.reason and target in source.reason, source.reason
     assert [r.path for r in origin.requests()] == ["/redirect-to"], source.reason

@@ -6,8 +6,11 @@ lives (#54). Builders run as subprocesses of a cloned site whose `current` is r0
 
 Everything runs on loopback and local disk. Needs root (tmpfs and read-only bind mounts in this
 process's mount namespace, always unmounted again) and the Debian packages `faketime` (#45, #46)
-and `strace` (#38); `mount` and `util-linux` are always there. Rows 35, 40, 41 and 47 are covered
-elsewhere (test_swap.py, test_nginx.py, test_build.py/test_swap.py, test_schedule.py).
+and `strace` (#38); `mount` and `util-linux` are always there. Without root, or on a machine that
+refuses the mounts, rows 37-39 skip locally and fail when CI is set (tools.require): no fault row
+drops out of CI silently. Every process a test started is stopped with tools.stop_process.
+Rows 35, 40, 41 and 47 are covered elsewhere (test_swap.py, test_nginx.py,
+test_build.py/test_swap.py, test_schedule.py).
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
+from pipeline.gate import urls_in
+
 from .conftest import REPO, copy_default_site, run_cli
-from .test_build import Refs, snapshot
+from .test_build import snapshot
+from .tools import proc_info, processes, require, still_running, stop_process
 
 ORPHAN_GRACE = 3.0  # seconds an encode worker may outlive its killed parent (#43)
 
@@ -107,15 +113,12 @@ def assert_complete(dist: Path) -> str:
     for page in sorted(root.rglob("*.html")):
         text = page.read_text(encoding="utf-8")
         assert text.rstrip().endswith("</html>"), f"{target}/{page.name} is torn"
-        parser = Refs()
-        parser.feed(text)
-        for _tag, key, value in parser.refs:
-            for url in ([c.strip().split(" ")[0] for c in value.split(",")] if key == "srcset" else [value]):
-                if not url.startswith("/") or url.startswith("//"):
-                    continue
-                path = url.split("#")[0].split("?")[0].lstrip("/")
-                path = path + "index.html" if not path or path.endswith("/") else path
-                assert (root / path).is_file(), f"{target}/{page.name} names {url}, which is not in the release"
+        for _tag, _key, url in urls_in(text):
+            if not url.startswith("/") or url.startswith("//"):
+                continue
+            path = url.split("#")[0].split("?")[0].lstrip("/")
+            path = path + "index.html" if not path or path.endswith("/") else path
+            assert (root / path).is_file(), f"{target}/{page.name} names {url}, which is not in the release"
     return Path(target).name
 
 
@@ -136,26 +139,7 @@ def clean_error(result: subprocess.CompletedProcess[str], code: int | None, word
     assert "pipeline: error:" in result.stderr and words in result.stderr, result.stderr
 
 
-# ---- processes -----------------------------------------------------------------------------------
-
-
-def _proc(pid: int) -> tuple[int, int, str] | None:
-    """(ppid, process group, cmdline) of a live process, None if it is gone (or a zombie: it has exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return None
-    state, ppid, group = stat.rsplit(")", 1)[1].split()[:3]
-    return None if state in "ZX" else (int(ppid), int(group), cmdline)
-
-
-def processes() -> dict[int, tuple[int, int, str]]:
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (info := _proc(int(name))):
-            table[int(name)] = info
-    return table
+# ---- processes (what /proc says, and stopping them: tests/tools.py) ------------------------------
 
 
 def descendants(pid: int) -> dict[int, str]:
@@ -167,18 +151,6 @@ def descendants(pid: int) -> dict[int, str]:
                 found[child] = cmdline
                 frontier.append(child)
     return found
-
-
-def alive(pid: int, cmdline: str) -> bool:
-    info = _proc(pid)
-    return info is not None and info[2] == cmdline  # same cmdline: not a reused pid
-
-
-def kill_all(pids: dict[int, str]) -> None:
-    """Clean-up of processes this test started (directly or as their children), by pid."""
-    for pid, cmdline in pids.items():
-        if alive(pid, cmdline):
-            os.kill(pid, signal.SIGKILL)
 
 
 def processes_naming(text: str) -> dict[int, str]:
@@ -201,8 +173,8 @@ class Mounts:
     def _mount(self, *args: str) -> None:
         result = subprocess.run(["mount", *args], capture_output=True, text=True)
         if result.returncode != 0:
-            if not self.targets:
-                pytest.skip(f"this machine refuses mounts even as root: {result.stderr.strip()}")
+            if not self.targets:  # skips locally; under CI the row must not drop out silently
+                require(False, f"this machine refuses mounts even as root: {result.stderr.strip()}")
             raise AssertionError(f"mount {' '.join(args)}: {result.stderr.strip()}")
 
     def tmpfs(self, target: Path, **options: object) -> Path:
@@ -230,8 +202,7 @@ class Mounts:
 
 @pytest.fixture
 def mounts():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs or a read-only bind mount (CI runs as root)")
+    require(os.geteuid() == 0, "needs root to mount a tmpfs or a read-only bind mount (CI runs as root)")
     done = Mounts()
     yield done
     done.close()
@@ -419,14 +390,11 @@ def killed_mid_encode(template: Path, tmp_path_factory: pytest.TempPathFactory) 
             except OSError:
                 files[pid] = []
         next_run = build(site)
-        while time.monotonic() < killed_at + ORPHAN_GRACE and any(alive(p, c) for p, c in workers.items()):
+        while time.monotonic() < killed_at + ORPHAN_GRACE and any(still_running(p, c) for p, c in workers.items()):
             time.sleep(0.1)
-        survivors = {pid: cmd for pid, cmd in workers.items() if alive(pid, cmd)}
+        survivors = {pid: cmd for pid, cmd in workers.items() if still_running(pid, cmd)}
     finally:
-        if slow.poll() is None:
-            slow.kill()
-            slow.wait()
-        kill_all(seen)
+        stop_process(slow, *seen.items())  # the run, if still running, and every worker it left
     return KilledMidEncode(site, stale, workers, files, next_run, survivors)
 
 
@@ -480,18 +448,16 @@ def test_43_daemon_goes_on_when_a_run_dies_and_leaves_its_workers(template: Path
     try:
         while daemon.poll() is None and time.monotonic() < started + 30:
             runs |= {pid for pid, (ppid, _group, _cmd) in processes().items() if ppid == daemon.pid}
-            if died is None and runs and not any(_proc(pid) for pid in runs):
+            if died is None and runs and not any(proc_info(pid) for pid in runs):
                 died = time.monotonic()
             if died is not None and time.monotonic() > died + run_timeout + 3:
                 break
             time.sleep(0.05)
         finished = daemon.poll() is not None
-        if died is None and runs and not any(_proc(pid) for pid in runs):
+        if died is None and runs and not any(proc_info(pid) for pid in runs):
             died = time.monotonic()  # the daemon was quicker than this loop
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        kill_all(in_groups(runs))
+        stop_process(daemon, *in_groups(runs).items())  # the daemon, if still running, and its runs' groups
         out, err = daemon.communicate(timeout=10)
     assert runs and died is not None, "the daemon never started a run, or it never ended"
     assert died - started < run_timeout, "the run was not the one that died by itself at mid_encode"
@@ -559,9 +525,9 @@ def test_44_hung_run_is_killed_at_the_run_timeout_and_the_next_tick_runs(templat
         left = processes_naming(str(site))
     finally:
         if daemon.poll() is None:
-            daemon.kill()
+            stop_process(daemon)
             daemon.communicate()
-        kill_all(processes_naming(str(site)))
+        stop_process(*processes_naming(str(site)).items())
         tarpit.close()
     assert daemon.returncode == 0, err
     runs = [line for line in out.splitlines() if re.search(r" run \d+ ", line)]
@@ -681,7 +647,7 @@ def test_36_kill_9_storm_keeps_current_whole_and_converges(template: Path, tmp_p
             _, err = run.communicate(timeout=60)
         finally:
             if run.poll() is None:
-                run.kill()
+                stop_process(run)
                 run.communicate()
         assert run.returncode in (0, -9), (i, err)
         assert_complete(dist)

@@ -122,7 +122,12 @@ def test_every_page_has_its_type_and_is_revalidated(served: tuple[str, Path]) ->
 def test_every_asset_the_page_names_is_served_immutable(served: tuple[str, Path]) -> None:
     base, live = served
     urls = asset_urls(get(base, "/").body)
-    assert {Path(u).suffix for u in urls} == set(ASSET_TYPES), urls  # avif, webp, png and css all present
+    assert {".webp", ".png", ".css"} <= {Path(u).suffix for u in urls} <= set(ASSET_TYPES), urls
+    # The default icons all go as WebP (AVIF does not beat it on any of them), so an AVIF is put in
+    # place to check its type and caching: older mime.types lack image/avif.
+    avif = "/assets/icons/probe.0123456789.avif"
+    (live / avif.lstrip("/")).write_bytes(b"\x00\x00\x00\x1cftypavif")
+    urls.add(avif)
     for url in sorted(urls):
         reply = get(base, url)
         assert (url, reply.status) == (url, 200)

@@ -45,7 +45,8 @@ from pipeline.minify import minify_css, minify_pages
 from pipeline.model import (
     Asset, Code, Content, EncodedIcon, Manifest, PublishSettings, Rendition, Reward, SiteView, Variant,
 )
-from pipeline.publish import local_references, publish
+from pipeline.gate import local_references
+from pipeline.publish import publish
 from pipeline.render import render_pages
 
 from .conftest import REPO

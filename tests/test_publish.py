@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PublishError
-from pipeline.model import PublishSettings
-from pipeline.publish import check_release, live_release, load_records, publish, visible
+from pipeline.model import PublishResult, PublishSettings
+from pipeline.gate import check_release
+from pipeline.indexnow import changed_pages, visible
+from pipeline.publish import live_release, publish
+from pipeline.retention import load_records
 
 HOUR = 3600.0
 SETTINGS = PublishSettings(keep_releases=2, retention_hours=24)
+
+
+def changed(result: PublishResult, dist: Path) -> tuple[str, ...]:
+    """The pages whose visible content the release changed, as the build tells IndexNow."""
+    live = dist / "releases" / result.release
+    return changed_pages(result.replaced, {p: (live / p).read_bytes() for p in result.replaced if (live / p).is_file()})
 
 
 def site_files(version: str, asset: str) -> dict[str, bytes]:
@@ -48,7 +57,7 @@ def test_changed_page_switches_and_old_assets_stay_for_the_window(tmp_path: Path
     dist = tmp_path / "dist"
     publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1000 * HOUR)
     second = publish(dist, site_files("v2", "a.2222.png"), SETTINGS, now=1001 * HOUR)
-    assert second.switched and second.changed_pages == ("index.html",)
+    assert second.switched and changed(second, dist) == ("index.html",)
     live = dist / "current"
     assert (live / "assets/a.1111.png").is_file() and (live / "assets/a.2222.png").is_file()
     # Unchanged bytes are hard links, not copies.
@@ -111,11 +120,18 @@ def test_only_visible_changes_count_as_page_changes(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     publish(dist, site_files("v1", "a.1111111111.png"), SETTINGS, now=1.0)
     rehashed = publish(dist, site_files("v1", "a.2222222222.png"), SETTINGS, now=2.0)
-    assert rehashed.switched and rehashed.changed_pages == ()
+    assert rehashed.switched and changed(rehashed, dist) == ()
     edited = publish(dist, site_files("v2", "a.2222222222.png"), SETTINGS, now=3.0)
-    assert edited.changed_pages == ("index.html",)
+    assert changed(edited, dist) == ("index.html",)
     assert visible(b'<meta name="build" content="abc"><link href="/assets/s.0123456789.css" integrity="sha384-x">') == \
-        b'<meta name="build" content=""><link href="/assets/s.css" integrity="">'
+        b'<meta name="build" content=""><link href="/assets/" integrity="">'
+    # An icon now offered in another format, at other densities: the same icon to a reader.
+    before = (b'<picture><source type="image/avif" srcset="/assets/icons/a.1111111111.avif 1x">'
+              b'<img src="/assets/icons/a.2222222222.png" srcset="/assets/icons/a@2x.3333333333.png 2x" alt=""></picture>')
+    after = (b'<picture><source type="image/webp" srcset="/assets/icons/a.4444444444.webp 1x, '
+             b'/assets/icons/a@1.6x.5555555555.webp 1.6x"><img src="/assets/icons/a.6666666666.png" alt=""></picture>')
+    assert visible(before) == visible(after)
+    assert visible(after) != visible(after.replace(b'alt=""', b'alt="Gem"'))
 
 
 def test_releases_that_never_went_live_do_not_push_out_the_live_ones_assets(tmp_path: Path) -> None:

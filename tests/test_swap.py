@@ -26,6 +26,7 @@ from PIL import Image
 from .conftest import REPO, run_cli
 from .nginx import nginx_server  # noqa: F401 (fixture)
 from .probe import Probe, asset_urls, build_id, is_complete, local_urls
+from .tools import stop_process
 
 pytestmark = pytest.mark.nginx
 
@@ -295,10 +296,7 @@ def test_two_builds_at_once_one_runs_the_other_exits_75_naming_its_pid(served_si
                 os.kill(first.pid, signal.SIGCONT)
             out1, err1 = first.communicate(timeout=120)
         finally:
-            for process in (first, second):
-                if process is not None and process.poll() is None:
-                    process.kill()
-                    process.wait(5)
+            stop_process(*(process for process in (first, second) if process is not None))
     report = probe.report()
     print(f"\ntwo builds: first pid {first.pid} -> {first.returncode}; second pid {second.pid} -> "
           f"{second.returncode}: {err2.strip()}; probe {report['requests']} requests, errors {report['errors']}")

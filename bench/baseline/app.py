@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 from flask import Flask, Response  # noqa: E402
 
 from pipeline import config, render  # noqa: E402
-from pipeline.build import _build_id, _content_document  # noqa: E402  (the build's own helpers)
+from pipeline.build import build_id, content_document  # noqa: E402
 from pipeline.model import Candidate, IconRef, IconSource, ManifestEntry, SiteView  # noqa: E402
 
 ICON_FORMATS = ("avif", "webp")  # encode_icon's order: AVIF (where kept) before WebP; PNG is the fallback
@@ -40,7 +40,7 @@ ICON_FORMATS = ("avif", "webp")  # encode_icon's order: AVIF (where kept) before
 def load_view(site_dir: Path, today: dt.date | None = None) -> SiteView:
     """The SiteView build.py renders, rebuilt from the site's config and its live release."""
     site = config.load_site(Path(site_dir))
-    document = _content_document(site, None)  # a local codes file (a feed would need its cached copy)
+    document = content_document(site, None)  # a local codes file (a feed would need its cached copy)
     content = config.load_content(document.label, document.text, {spec.name for spec in site.icons})
     manifest_bytes = (site.dist_dir / "current" / "manifest.json").read_bytes()
     manifest = json.loads(manifest_bytes)
@@ -53,7 +53,7 @@ def load_view(site_dir: Path, today: dt.date | None = None) -> SiteView:
         sources = tuple(source for fmt in ICON_FORMATS if (source := by_format[fmt]) is not None)
         icons[spec.name] = IconRef(spec.name, spec.alt, first.width or 0, first.height or 0, sources, by_format["png"])
     today = today or dt.date.today()
-    return SiteView(site.title, site.base_url, content, icons, entries, _build_id(manifest_bytes, content, today), today)
+    return SiteView(site.title, site.base_url, content, icons, entries, build_id(manifest_bytes, content, today), today)
 
 
 def _densities(entries: dict[str, ManifestEntry], slug: str, fmt: str) -> IconSource | None:
@@ -72,23 +72,16 @@ class IndexPage:
 
     def __init__(self, site_dir: Path) -> None:
         self.view = load_view(site_dir)
-        self.templates = config.load_site(Path(site_dir)).templates_dir
-        make_env = getattr(render, "_environment", None)
-        self.env = make_env(self.templates, self.view) if make_env else None
-        self.loading = render._LoadingOrder(config.load_site(Path(site_dir)).render.eager)
-        if self.env is not None:
-            self.env.globals["icon_loading"] = self.loading
+        site = config.load_site(Path(site_dir))
+        self.templates = site.templates_dir
+        self.env = render.environment(self.templates, self.view, eager=site.render.eager)
 
     def render(self) -> bytes:
         today = dt.date.today()
         codes = self.view.content.codes
         active = [c for c in codes if c.active_on(today)]
         expired = [c for c in codes if not c.active_on(today)]
-        if self.env is None:  # render's private helper is gone: render every page, keep index.html
-            pages = render.render_pages(self.templates, self.view)
-            return next(p.data for p in pages if p.path == "index.html")
-        self.loading.restart()
-        return self.env.get_template("index.html").render(active=active, expired=expired).encode("utf-8")
+        return render.render_page(self.env, self.templates, "index.html", active=active, expired=expired).encode("utf-8")
 
 
 def render_once(site_dir: Path) -> bytes:

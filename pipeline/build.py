@@ -24,9 +24,9 @@ import httpx
 from . import config, encode, fetch, fingerprint, indexnow, minify, publish, render
 from .cache import EncodeCache
 from .encode_pool import encode_all
-from .errors import ConfigError
+from .errors import ConfigError, PipelineError
 from .lock import exclusive
-from .model import Asset, Content, Document, Origin, RunReport, SiteConfig, SiteView, SourceIcon
+from .model import Asset, Content, Document, Origin, PingResult, RunReport, SiteConfig, SiteView, SourceIcon
 from .store import FeedStore, IconStore
 
 FEED_COPY = "feed/codes"  # under .cache/: the last good copy of a codes feed, and its validators
@@ -67,8 +67,9 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     request.checkpoint("after_fetch")
     with timings("encode"):
         cache = EncodeCache(site.cache_dir / "encode")
-        sources, encoded = encode_all(sources, lambda source: store.load(source.spec), cache, request.reencode,
-                                      _jobs(request), request.checkpoint)
+        sources, encoded = encode_all(
+            sources, lambda source: store.load(source.spec), cache, request.reencode, _jobs(request), request.checkpoint
+        )
         for source in sources:
             if source.origin is not Origin.STALE and source.origin is not Origin.LOCAL:
                 store.save(source)  # decoded and encoded fine: now it is the last good copy
@@ -82,8 +83,15 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
         refs = fingerprint.icon_refs(encoded, {s.name: s.alt for s in site.icons}, manifest)
         manifest_bytes = (json.dumps(fingerprint.manifest_json(manifest), indent=1) + "\n").encode()
     with timings("render"):
-        view = SiteView(site.title, site.base_url, content, refs, manifest.entries,
-                        build_id(manifest_bytes, content, request.today), request.today)
+        view = SiteView(
+            site.title,
+            site.base_url,
+            content,
+            refs,
+            manifest.entries,
+            build_id(manifest_bytes, content, request.today),
+            request.today,
+        )
         pages = render.render_pages(site.templates_dir, view, site.cache_dir / "templates", site.render.eager)
     with timings("minify"):
         minified = minify.minify_pages(pages, lambda data, make: cache.made_once(f"html {minify.VERSION}", data, make))
@@ -91,23 +99,45 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     with timings("publish"):
         files = {**manifest.files, **{p.path: p.data for p in minified.pages}, "manifest.json": manifest_bytes}
         if sources:  # for the clients that ask for /favicon.ico whatever the page links
-            files["favicon.ico"] = cache.made_once(f"favicon.ico {encode.ENCODER_VERSION}", sources[0].data,
-                                                 encode.favicon_ico)
+            files["favicon.ico"] = cache.made_once(
+                f"favicon.ico {encode.ENCODER_VERSION}", sources[0].data, encode.favicon_ico
+            )
         required: tuple[str, ...] = ("index.html",)
         if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
             files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()
             required += (f"{site.indexnow.key}.txt",)
         target: publish.Target = publish.LocalDirectory(site.dist_dir)
         result = target.publish(files, site.publish, request.now, request.checkpoint, required)
-    changed = indexnow.changed_pages(result.replaced, files)
+    changed: tuple[str, ...] = ()
     pinged = None
-    if site.indexnow.key and client is not None:
-        with timings("indexnow"):
-            pinged = indexnow.ping(site.cache_dir / "indexnow.json", _changed_urls(site, changed, files),
-                                   site.base_url, site.indexnow, client, request.now)
-    return RunReport(tuple(sources), tuple(encoded), minified.bytes_before, minified.bytes_after,
-                     css_before, sum(len(a.data) for a in css_assets), result, changed, dict(timings.seconds), pinged,
-                     document)
+    try:  # after the switch the run has published: what fails now is a warning, never "nothing was published"
+        cache.prune(unused_since=request.now - site.publish.retention_hours * 3600)
+        changed = indexnow.changed_pages(result.replaced, files)
+        if site.indexnow.key and client is not None:
+            with timings("indexnow"):
+                pinged = indexnow.ping(
+                    site.cache_dir / "indexnow.json",
+                    _changed_urls(site, changed, files),
+                    site.base_url,
+                    site.indexnow,
+                    client,
+                    request.now,
+                )
+    except (PipelineError, OSError, ValueError) as error:
+        pinged = PingResult(problem=f"{result.release} is live, but telling search engines failed: {error}")
+    return RunReport(
+        tuple(sources),
+        tuple(encoded),
+        minified.bytes_before,
+        minified.bytes_after,
+        css_before,
+        sum(len(a.data) for a in css_assets),
+        result,
+        changed,
+        dict(timings.seconds),
+        pinged,
+        document,
+    )
 
 
 def _changed_urls(site: SiteConfig, changed: tuple[str, ...], files: dict[str, bytes]) -> dict[str, str]:
@@ -147,8 +177,10 @@ def _site_icons(sources: list[SourceIcon], cache: EncodeCache) -> list[Asset]:
     worker already, so decoding it here again is safe."""
     if not sources:
         return []
-    made = {name: cache.made_once(f"{name} {encode.ENCODER_VERSION}", sources[0].data, make)
-            for name, make in (("favicon.png", encode.favicon_png), ("apple-touch-icon.png", encode.touch_icon))}
+    made = {
+        name: cache.made_once(f"{name} {encode.ENCODER_VERSION}", sources[0].data, make)
+        for name, make in (("favicon.png", encode.favicon_png), ("apple-touch-icon.png", encode.touch_icon))
+    }
     return [Asset(name, data, "image/png", *_png_size(data)) for name, data in made.items()]
 
 
@@ -183,4 +215,3 @@ class Timings:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + self.clock() - start
-

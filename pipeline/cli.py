@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import crashpoints
-from .errors import ConfigError, Interrupted, PipelineError
+from .errors import ConfigError, Interrupted, PipelineError, describe_os_error
 
 if TYPE_CHECKING:
     from .build import BuildRequest
@@ -41,14 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipeline: error: {error}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # outside publish: icons/ or .cache/ could not be written
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"pipeline: error: {error.strerror or error}{where}; nothing was published; free space or fix "
-              "permissions, then run again", file=sys.stderr)
+        print(f"pipeline: error: nothing was published: {describe_os_error(error)}", file=sys.stderr)
         return EX_IOERR
     except BaseException:
         if not stop.requested:
             raise
-        print("pipeline: error: stopped by a signal; nothing was switched", file=sys.stderr)
+        print("pipeline: error: stopped by a signal; nothing was switched: the live site is unchanged", file=sys.stderr)
         return Interrupted.exit_code
     for line in warnings(report):
         print(f"pipeline: warning: {line}", file=sys.stderr)
@@ -68,8 +67,9 @@ def _build(args: argparse.Namespace, stop: _StopOnSignal) -> RunReport:
     from . import build, config
 
     site = config.load_site(Path(args.site))
-    request = build.BuildRequest(site, today=dt.date.today(), now=time.time(), offline=args.offline,
-                                 jobs=args.jobs, checkpoint=stop.checkpoint)
+    request = build.BuildRequest(
+        site, today=dt.date.today(), now=time.time(), offline=args.offline, jobs=args.jobs, checkpoint=stop.checkpoint
+    )
     if args.command == "icons":
         request = _icons_request(request, args.names, args.force)
     return build.run(request)
@@ -84,8 +84,11 @@ def _refresh(args: argparse.Namespace) -> int:
     extra = ["--offline"] if args.offline else []
     try:
         with exclusive(site / ".cache" / "refresh.lock"):
-            print(f"pipeline refresh: {site}: every {settings.interval:g}s (jitter {settings.jitter:g}s, "
-                  f"run timeout {settings.run_timeout:g}s); pid {os.getpid()}", flush=True)
+            print(
+                f"pipeline refresh: {site}: every {settings.interval:g}s (jitter {settings.jitter:g}s, "
+                f"run timeout {settings.run_timeout:g}s); pid {os.getpid()}",
+                flush=True,
+            )
             refresh(site, settings, lambda line: print(line, flush=True), args.max_runs, extra)
     except PipelineError as error:
         print(f"pipeline: error: {error}".replace("another build", "another refresh"), file=sys.stderr)
@@ -94,42 +97,89 @@ def _refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+USAGE = """\
+Build a static site ahead of time: fetch the reward icons in icon_map.yaml, encode them for every
+screen, render the templates, and publish the whole site atomically into dist/ for nginx to serve.
+Run it in a site folder (or pass --site DIR); `pipeline COMMAND --help` for a command's options."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pipeline", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--site", default=".", metavar="DIR", help="the site folder (default: the current one)")
     runs = argparse.ArgumentParser(add_help=False)
     runs.add_argument("--jobs", type=int, default=0, metavar="N", help="encode processes (default: one per core)")
-    runs.add_argument("--summary", choices=("full", "line"), default="full", help="the run summary as a table or one line")
-    runs.add_argument("-v", "--verbose", action="count", default=0,
-                      help="log each decision to stderr (-vv: also cache hits and every source's answer)")
+    runs.add_argument(
+        "--summary", choices=("full", "line"), default="full", help="the run summary as a table or one line"
+    )
+    runs.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log each decision to stderr (-vv: also cache hits and every source's answer)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", parents=[common, runs], help="fetch, encode, render and publish the site")
     build_cmd.add_argument("--offline", action="store_true", help="use the sources in icons/ only; no network")
-    icons = commands.add_parser("icons", parents=[common, runs],
-                                help="re-optimise icons from icons/ with the current settings, rebuild, publish")
+    icons = commands.add_parser(
+        "icons",
+        parents=[common, runs],
+        help="re-optimise icons from icons/ with the current settings, rebuild, publish",
+    )
     icons.add_argument("names", nargs="*", metavar="NAME", help="icon names as in icon_map.yaml (default: all)")
     icons.add_argument("--force", action="store_true", help="encode even where the cache holds these settings")
     icons.set_defaults(offline=True)
-    refresh_cmd = commands.add_parser("refresh", parents=[common],
-                                      help="build now and then every interval until stopped (SIGTERM)")
-    refresh_cmd.add_argument("--interval", type=_seconds, default=3600.0, metavar="T", help="e.g. 3600, 60m, 1h (default 1h)")
-    refresh_cmd.add_argument("--jitter", type=_seconds, default=0.0, metavar="T", help="random delay added to each tick")
-    refresh_cmd.add_argument("--run-timeout", type=_seconds, default=900.0, metavar="T", help="kill a run after this (default 15m)")
+    refresh_cmd = commands.add_parser(
+        "refresh", parents=[common], help="build now and then every interval until stopped (SIGTERM)"
+    )
+    refresh_cmd.add_argument(
+        "--interval", type=_interval, default=3600.0, metavar="T", help="e.g. 3600, 60m, 1h (default 1h)"
+    )
+    refresh_cmd.add_argument("--jitter", type=_jitter, default=0.0, metavar="T", help="random delay added to each tick")
+    refresh_cmd.add_argument(
+        "--run-timeout", type=_interval, default=900.0, metavar="T", help="kill a run after this (default 15m)"
+    )
     refresh_cmd.add_argument("--offline", action="store_true", help="pass --offline to every build")
     refresh_cmd.add_argument("--max-runs", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
     return parser
 
 
-def _seconds(text: str) -> float:
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs ~15 ms a run otherwise)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("pipeline")
+        except PackageNotFoundError:
+            found = "unknown (not installed: pip install -e .)"
+        print(f"pipeline {found}")
+        parser.exit()
+
+
+def _duration(text: str, least: float) -> float:
+    """ "90", "15m", "1h" -> seconds, at least `least`; NaN and infinity are not durations."""
     units = {"s": 1, "m": 60, "h": 3600}
     try:
         value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 15m or 1h") from None
-    if value <= 0 and text not in ("0", "0s"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if not math.isfinite(value) or value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a duration of at least {least:g}s, like 90, 15m or 1h")
     return value
+
+
+def _interval(text: str) -> float:
+    return _duration(text, 1.0)
+
+
+def _jitter(text: str) -> float:
+    return _duration(text, 0.0)
 
 
 def _icons_request(request: BuildRequest, names: list[str], force: bool) -> BuildRequest:
@@ -161,17 +211,22 @@ class _StopOnSignal:
         crashpoints.kill_at(name)
         if name == "before_switch":
             if self.requested:
-                raise Interrupted(f"stopped by a signal before the switch ({name}); nothing was switched")
+                raise Interrupted(
+                    "stopped by a signal before publishing; nothing was switched: the live site is unchanged"
+                )
             self.committed = True
         elif self.requested and not self.committed:
-            raise Interrupted(f"stopped by a signal at {name}; nothing was switched")
+            raise Interrupted("stopped by a signal; nothing was switched: the live site is unchanged")
 
 
 def warnings(report: RunReport) -> list[str]:
     from .model import Origin
 
-    stale = [f"icon {s.spec.name!r} is stale: {s.reason}; using the last good copy in icons/"
-             for s in report.sources if s.origin is Origin.STALE]
+    stale = [
+        f"icon {s.spec.name!r} is stale: {s.reason}; using the last good copy in icons/"
+        for s in report.sources
+        if s.origin is Origin.STALE
+    ]
     if report.content and report.content.origin is Origin.STALE:
         stale.append(f"content feed is stale: {report.content.reason}; using its last good copy")
     return stale + ([report.indexnow.problem] if report.indexnow and report.indexnow.problem else [])
@@ -207,14 +262,18 @@ def summary_line(report: RunReport, seconds: float) -> str:
     changed = ",".join(report.changed_pages) or "-"
     stages = " ".join(f"{stage}={secs:.2f}" for stage, secs in report.timings.items())
     pinged = f" indexnow={len(report.indexnow.sent)}/{report.indexnow.pending}q;" if report.indexnow else ""
-    return (f"{_outcome(report)}; changed={changed}; encoded={encoded} stale={stale};{pinged} "
-            f"written={result.files_written} files/{result.bytes_written}B; {seconds:.2f}s [{stages}]")
+    return (
+        f"{_outcome(report)}; changed={changed}; encoded={encoded} stale={stale};{pinged} "
+        f"written={result.files_written} files/{result.bytes_written}B; {seconds:.2f}s [{stages}]"
+    )
 
 
 def _outcome(report: RunReport) -> str:
     result = report.publish
     if result.switched:
-        return f"published {result.release}" + ("" if report.changed_pages else " (assets only: no page content changed)")
+        return f"published {result.release}" + (
+            "" if report.changed_pages else " (assets only: no page content changed)"
+        )
     return f"nothing changed; {result.release or 'no release'} stays live"
 
 

@@ -51,8 +51,10 @@ def encode_icon(source: SourceIcon) -> EncodedIcon:
     sizes = plan_sizes(image.width, image.height, settings.display, settings.densities)
     encoded = [_encode_size(resize(image, (size.width, size.height)), source.data, settings) for size in sizes]
     formats = _served_formats(encoded)
-    renditions = tuple(Rendition(size.density, size.width, size.height, tuple(_present(found[f]) for f in formats))
-                       for size, found in zip(sizes, encoded))
+    renditions = tuple(
+        Rendition(size.density, size.width, size.height, tuple(_present(found[f]) for f in formats))
+        for size, found in zip(sizes, encoded, strict=True)
+    )
     box = _display_box(image.width, image.height, settings.display)
     return EncodedIcon(source.spec.name, source.spec.slug, box[0], box[1], len(source.data), renditions)
 
@@ -136,8 +138,9 @@ def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     alpha = rgba[..., 3]
     linear = _to_linear(rgba[..., :3]) * alpha[..., None]
     planes = [*np.moveaxis(linear, -1, 0), alpha]
-    small = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize(size, Image.Resampling.LANCZOS))
-             for p in planes]
+    small = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize(size, Image.Resampling.LANCZOS)) for p in planes
+    ]
     out_alpha = np.clip(small[3], 0.0, 1.0)
     colour = np.stack(small[:3], axis=-1) / np.where(out_alpha > 0, out_alpha, 1.0)[..., None]
     colour = np.where(out_alpha[..., None] > 0, _to_srgb(np.clip(colour, 0.0, 1.0)), 0.0)
@@ -145,13 +148,13 @@ def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(np.round(pixels * 255.0).astype(np.uint8))
 
 
-def _to_linear(srgb: "np.ndarray") -> "np.ndarray":
+def _to_linear(srgb: np.ndarray) -> np.ndarray:
     import numpy as np
 
     return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
 
 
-def _to_srgb(linear: "np.ndarray") -> "np.ndarray":
+def _to_srgb(linear: np.ndarray) -> np.ndarray:
     import numpy as np
 
     return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
@@ -201,7 +204,10 @@ def _to_srgb_rgba(image: Image.Image) -> Image.Image:
             mode = "RGBA" if "A" in image.getbands() else "RGB"
             converted = ImageCms.profileToProfile(
                 image.convert(mode) if image.mode not in ("RGB", "RGBA", "CMYK") else image,
-                source_profile, _SRGB, outputMode=mode)
+                source_profile,
+                _SRGB,
+                outputMode=mode,
+            )
             image = converted if converted is not None else image
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken profile is dropped: the pixels are taken as sRGB
@@ -227,7 +233,7 @@ def ssim(reference: Image.Image, candidate: Image.Image) -> float:
     return min(scores)
 
 
-def _ssim(a: "np.ndarray", b: "np.ndarray", window: int = 7) -> float:
+def _ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
     if min(a.shape[:2]) < window:
         window = min(a.shape[:2]) | 1 if min(a.shape[:2]) > 1 else 1
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -241,7 +247,7 @@ def _ssim(a: "np.ndarray", b: "np.ndarray", window: int = 7) -> float:
     return float(s.mean())
 
 
-def _box(x: "np.ndarray", w: int) -> "np.ndarray":
+def _box(x: np.ndarray, w: int) -> np.ndarray:
     """Mean over every w x w window ('valid' positions), via an integral image."""
     import numpy as np
 
@@ -317,8 +323,9 @@ def _palette(image: Image.Image, floor: float) -> tuple[Image.Image, float] | No
     return (reduced, score) if score >= floor else None
 
 
-def encode_png(image: Image.Image, source: bytes, level: int,
-               palette: tuple[Image.Image, float] | None = None) -> Variant:
+def encode_png(
+    image: Image.Image, source: bytes, level: int, palette: tuple[Image.Image, float] | None = None
+) -> Variant:
     """The PNG fallback, the smallest of: oxipng on our pixels; the source itself when it is a PNG
     with the very same pixels (it may already be palette-optimised); and the 256-colour `palette`
     version of our pixels, where one kept the SSIM floor."""

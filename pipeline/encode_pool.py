@@ -17,15 +17,15 @@ import multiprocessing
 import os
 import resource
 import signal
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from . import crashpoints
 from .cache import EncodeCache, cache_key
 from .encode import ENCODER_VERSION, LIBRARY_VERSIONS, encode_icon
-from .errors import ImageError
+from .errors import ImageError, Interrupted
 from .model import EncodedIcon, Origin, SourceIcon, Stored
 
 CACHE_VERSION = f"{ENCODER_VERSION}; {LIBRARY_VERSIONS}"
@@ -36,8 +36,14 @@ LastGood = Callable[[SourceIcon], Stored | None]
 log = logging.getLogger(__name__)
 
 
-def encode_all(sources: list[SourceIcon], last_good: LastGood, cache: EncodeCache, reencode: frozenset[str],
-               jobs: int, checkpoint: Checkpoint) -> tuple[list[SourceIcon], list[EncodedIcon]]:
+def encode_all(
+    sources: list[SourceIcon],
+    last_good: LastGood,
+    cache: EncodeCache,
+    reencode: frozenset[str],
+    jobs: int,
+    checkpoint: Checkpoint,
+) -> tuple[list[SourceIcon], list[EncodedIcon]]:
     """Encode what the cache lacks, each result cached as it arrives. A fresh download that
     fails to decode falls back to its last good copy (marked STALE); an icon with no decodable
     copy at all is an ImageError listing every such icon."""
@@ -50,13 +56,21 @@ def encode_all(sources: list[SourceIcon], last_good: LastGood, cache: EncodeCach
             encoded[i] = hit
     missing = [i for i in range(len(sources)) if i not in encoded]
     failed: dict[int, ImageError] = {}
-    for i, outcome in zip(missing, _encode_many([sources[i] for i in missing], jobs, checkpoint)):
-        if isinstance(outcome, ImageError):
-            failed[i] = outcome
-        else:
-            cache.put(cache_key(sources[i], CACHE_VERSION), outcome)
+    try:
+        for j, outcome in _encode_each([sources[i] for i in missing], jobs, checkpoint):
+            i = missing[j]
+            if isinstance(outcome, ImageError):
+                failed[i] = outcome
+                continue
+            cache.put(cache_key(sources[i], CACHE_VERSION), outcome)  # kept at once: a stopped run loses nothing
             log.info("%s", describe(outcome))
             encoded[i] = outcome
+    except Interrupted:
+        kept = sum(1 for i in missing if i in encoded)
+        raise Interrupted(
+            f"stopped by a signal; {kept} of {len(missing)} icon(s) to encode were encoded and kept for the "
+            "next run; nothing was switched: the live site is unchanged"
+        ) from None
     problems = []
     for i, error in sorted(failed.items()):
         fallback = _fallback(sources[i], last_good(sources[i]), str(error))
@@ -69,48 +83,59 @@ def encode_all(sources: list[SourceIcon], last_good: LastGood, cache: EncodeCach
         log.info("%s: the new source failed to decode; its last good copy was encoded instead", fallback.spec.name)
         encoded[i] = outcome
     if problems:
-        raise ImageError(f"{len(problems)} icon(s) cannot be used; replace the source or its file in icons/",
-                         tuple(problems))
+        raise ImageError(
+            f"{len(problems)} icon(s) cannot be used; replace the source or its file in icons/", tuple(problems)
+        )
     return sources, [encoded[i] for i in range(len(sources))]
 
 
 def describe(icon: EncodedIcon) -> str:
     """One line of the choices made: "Denny: 1x 40px avif q91 2,377 B, webp lossless 2,668 B, ..."."""
-    sizes = "; ".join(f"{r.density:g}x {r.width}px " + ", ".join(f"{v.format} {v.detail} {len(v.data):,} B"
-                                                                for v in r.variants) for r in icon.renditions)
+    sizes = "; ".join(
+        f"{r.density:g}x {r.width}px " + ", ".join(f"{v.format} {v.detail} {len(v.data):,} B" for v in r.variants)
+        for r in icon.renditions
+    )
     return f"{icon.name}: {sizes} (source {icon.source_bytes:,} B)"
 
 
 def _fallback(source: SourceIcon, stored: Stored | None, reason: str) -> SourceIcon | None:
     if source.origin is not Origin.DOWNLOADED or stored is None or stored.data == source.data:
         return None
-    return replace(source, data=stored.data, origin=Origin.STALE, reason=reason,
-                   etag=stored.etag, last_modified=stored.last_modified)
+    return replace(
+        source,
+        data=stored.data,
+        origin=Origin.STALE,
+        reason=reason,
+        etag=stored.etag,
+        last_modified=stored.last_modified,
+    )
 
 
-def _encode_many(sources: list[SourceIcon], jobs: int, checkpoint: Checkpoint) -> list[EncodedIcon | ImageError]:
-    """In worker processes, results in order. If a worker dies, the icons it may have taken down
-    with it are retried one by one, each in a pool of its own."""
-    results: list[EncodedIcon | ImageError | None] = [None] * len(sources)
+def _encode_each(
+    sources: list[SourceIcon], jobs: int, checkpoint: Checkpoint
+) -> Iterator[tuple[int, EncodedIcon | ImageError]]:
+    """(index, result) for each source as its worker finishes. If a worker dies, the icons it
+    may have taken down with it are retried one by one, each in a pool of its own."""
+    pending = set(range(len(sources)))
     if sources:
         pool = _pool(min(jobs, len(sources)))
         try:
-            futures = [pool.submit(encode_in_worker, source) for source in sources]
-            for i, future in enumerate(futures):
+            futures = {pool.submit(encode_in_worker, source): i for i, source in enumerate(sources)}
+            for future in as_completed(futures):
                 checkpoint("mid_encode")
                 try:
-                    results[i] = future.result()
+                    outcome: EncodedIcon | ImageError = future.result()
                 except ImageError as error:
-                    results[i] = error
+                    outcome = error
                 except BrokenProcessPool:
                     break
+                pending.discard(futures[future])
+                yield futures[future], outcome
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    for i, result in enumerate(results):
-        if result is None:
-            checkpoint("mid_encode")
-            results[i] = _encode_alone(sources[i])
-    return [r for r in results if r is not None]
+    for i in sorted(pending):
+        checkpoint("mid_encode")
+        yield i, _encode_alone(sources[i])
 
 
 def _encode_alone(source: SourceIcon) -> EncodedIcon | ImageError:
@@ -120,16 +145,21 @@ def _encode_alone(source: SourceIcon) -> EncodedIcon | ImageError:
     except ImageError as error:
         return error
     except BrokenProcessPool:
-        return ImageError(f"icon {source.spec.name!r} ({source.spec.url}): the image decoder crashed on it; "
-                          "replace the source")
+        return ImageError(
+            f"icon {source.spec.name!r} ({source.spec.url}): the image decoder crashed on it; replace the source"
+        )
     finally:
         pool.shutdown(wait=True)
 
 
 def _pool(count: int) -> ProcessPoolExecutor:
     # spawn, not fork: the fetch threads may hold locks that a forked child would inherit.
-    return ProcessPoolExecutor(max(1, count), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        max(1, count),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(),),
+    )
 
 
 def encode_in_worker(source: SourceIcon) -> EncodedIcon:

@@ -15,6 +15,8 @@ Exit codes follow sysexits(3) so a wrapper (systemd, cron) can tell them apart:
 
 from __future__ import annotations
 
+import errno
+
 
 class PipelineError(Exception):
     exit_code = 70
@@ -59,3 +61,23 @@ class LockedError(PipelineError):
 
 class Interrupted(PipelineError):
     exit_code = 143
+
+
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is out of space or of inodes (see df -h and df -i); free some, then run again",
+    errno.EDQUOT: "the disk quota is used up; free space or raise the quota, then run again",
+    errno.EROFS: "the file system is read-only; remount it read-write or point the site elsewhere",
+    errno.EACCES: "permission denied; let the user running the pipeline write there (or run it as the owner)",
+    errno.EPERM: "operation not permitted; check the owner, the mode and any immutable flag (lsattr)",
+    errno.ENAMETOOLONG: "a file name is too long for this file system; shorten the icon or page name",
+    errno.EMLINK: "too many hard links to one file; run again (or raise the file system's link limit)",
+    errno.EIO: "the disk reported an I/O error; check the device (dmesg) before running again",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """What went wrong and what to do, in words that fit the cause: a full disk, a read-only
+    mount and a name too long are different problems with different fixes."""
+    where = f" ({error.filename})" if error.filename else ""
+    advice = _OS_ADVICE.get(error.errno or 0, "check the disk and the permissions, then run again")
+    return f"{error.strerror or error}{where}: {advice}"

@@ -77,7 +77,9 @@ def fetch_sources(
         except FetchFailed as failure:
             log.info("%s: %s", spec.name, failure)
             if copy is None:
-                raise FetchFailed(f"icon {spec.name!r}: {failure}; there is no earlier copy in icons/ to fall back on") from None
+                raise FetchFailed(
+                    f"icon {spec.name!r}: {failure}; there is no earlier copy in icons/ to fall back on"
+                ) from None
             return SourceIcon(spec, copy.data, Origin.STALE, str(failure), copy.etag, copy.last_modified)
 
     with _watchdog(fetcher, settings.deadline), ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
@@ -89,18 +91,28 @@ def fetch_sources(
         except FetchFailed as failure:
             problems.append(str(failure))
     if problems:
-        raise SourceError(f"{len(problems)} icon(s) have no usable source; fix the URL or put a copy in icons/",
-                          tuple(problems))
+        raise SourceError(
+            f"{len(problems)} icon(s) have no usable source; fix the URL or put a copy in icons/", tuple(problems)
+        )
     return sources
 
 
-def fetch_feed(url: str, stored: Stored | None, client: httpx.Client | None, settings: FetchSettings, *,
-               resolve: Resolver | None = None, clock: Callable[[], float] = time.monotonic) -> Document:
+def fetch_feed(
+    url: str,
+    stored: Stored | None,
+    client: httpx.Client | None,
+    settings: FetchSettings,
+    *,
+    resolve: Resolver | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Document:
     """The codes feed, conditionally; its last good copy (`stored`) when the feed fails."""
     if client is None:
         if stored is None:
             raise SourceError(f"content feed {url}: no saved copy, and --offline forbids fetching it")
-        return Document(url, stored.data.decode("utf-8"), Origin.LOCAL, etag=stored.etag, last_modified=stored.last_modified)
+        return Document(
+            url, stored.data.decode("utf-8"), Origin.LOCAL, etag=stored.etag, last_modified=stored.last_modified
+        )
     fetcher = _Fetcher(client, settings, resolve or _resolve, clock, clock() + settings.deadline)
     validators = stored if stored and stored.url == url else None
     try:
@@ -112,8 +124,14 @@ def fetch_feed(url: str, stored: Stored | None, client: httpx.Client | None, set
         return Document(url, stored.data.decode("utf-8"), Origin.STALE, str(failure), stored.etag, stored.last_modified)
     etag, modified = reply.headers.get("etag", ""), reply.headers.get("last-modified", "")
     if reply.status == 304 and validators:
-        return Document(url, validators.data.decode("utf-8"), Origin.NOT_MODIFIED, "", etag or validators.etag,
-                        modified or validators.last_modified)
+        return Document(
+            url,
+            validators.data.decode("utf-8"),
+            Origin.NOT_MODIFIED,
+            "",
+            etag or validators.etag,
+            modified or validators.last_modified,
+        )
     if reply.status == 304:
         raise SourceError(f"content feed: HTTP 304 from {url} to a request without validators")
     origin = Origin.NOT_MODIFIED if stored and stored.data == reply.body else Origin.DOWNLOADED
@@ -135,8 +153,14 @@ def _watchdog(fetcher: _Fetcher | None, seconds: float) -> Iterator[None]:
 
 
 class _Fetcher:
-    def __init__(self, client: httpx.Client, settings: FetchSettings, resolve: Resolver,
-                 clock: Callable[[], float], deadline: float) -> None:
+    def __init__(
+        self,
+        client: httpx.Client,
+        settings: FetchSettings,
+        resolve: Resolver,
+        clock: Callable[[], float],
+        deadline: float,
+    ) -> None:
         self.client, self.settings, self.resolve, self.clock, self.deadline = client, settings, resolve, clock, deadline
         self.expired = threading.Event()
         self.lock = threading.Lock()
@@ -166,16 +190,25 @@ class _Fetcher:
         if reply.status == 304:
             if validators is None:
                 raise FetchFailed(f"HTTP 304 from {reply.url} to a request without validators")
-            return SourceIcon(spec, validators.data, Origin.NOT_MODIFIED, etag=reply.headers.get("etag", validators.etag),
-                              last_modified=reply.headers.get("last-modified", validators.last_modified))
+            return SourceIcon(
+                spec,
+                validators.data,
+                Origin.NOT_MODIFIED,
+                etag=reply.headers.get("etag", validators.etag),
+                last_modified=reply.headers.get("last-modified", validators.last_modified),
+            )
         etag, modified = reply.headers.get("etag", ""), reply.headers.get("last-modified", "")
         origin = Origin.NOT_MODIFIED if stored and stored.data == reply.body else Origin.DOWNLOADED
         return SourceIcon(spec, reply.body, origin, etag=etag, last_modified=modified)
 
     def get(self, url: str, validators: Stored | None, kind: _Kind) -> Reply:
         # Connection: close, so no request reuses a pooled connection whose socket _trace never saw.
-        headers = {"Accept": kind.accept, "Accept-Encoding": "identity", "User-Agent": USER_AGENT,
-                   "Connection": "close"}
+        headers = {
+            "Accept": kind.accept,
+            "Accept-Encoding": "identity",
+            "User-Agent": USER_AGENT,
+            "Connection": "close",
+        }
         if validators and validators.etag:
             headers["If-None-Match"] = validators.etag
         if validators and validators.last_modified:
@@ -183,8 +216,9 @@ class _Fetcher:
         for _hop in range(self.settings.max_redirects + 1):
             self._check_target(url)
             timeout = self._timeout(url)
-            request = self.client.build_request("GET", url, headers=headers, timeout=timeout,
-                                                extensions={"trace": self._trace})
+            request = self.client.build_request(
+                "GET", url, headers=headers, timeout=timeout, extensions={"trace": self._trace}
+            )
             try:
                 response = self.client.send(request, stream=True, follow_redirects=False)
             except httpx.HTTPError as error:
@@ -300,9 +334,12 @@ def _text_problem(data: bytes) -> str | None:
 
 
 IMAGE = _Kind("an image", "image/png,image/*;q=0.8", ("image/", "application/octet-stream"), _image_problem)
-FEED = _Kind("JSON or YAML", "application/json, application/yaml;q=0.9, text/plain;q=0.5",
-             ("application/json", "text/json", "application/yaml", "application/x-yaml", "text/yaml", "text/plain"),
-             _text_problem)
+FEED = _Kind(
+    "JSON or YAML",
+    "application/json, application/yaml;q=0.9, text/plain;q=0.5",
+    ("application/json", "text/json", "application/yaml", "application/x-yaml", "text/yaml", "text/plain"),
+    _text_problem,
+)
 
 
 def _shut(sock: socket.socket) -> None:
@@ -318,6 +355,9 @@ def _resolve(host: str, port: int) -> list[str]:
 
 def make_client(settings: FetchSettings) -> httpx.Client:
     """The production client: no proxies or .netrc from the environment, one transport retry."""
-    return httpx.Client(trust_env=False, transport=httpx.HTTPTransport(retries=1),
-                        timeout=httpx.Timeout(settings.timeout),
-                        limits=httpx.Limits(max_connections=max(1, settings.concurrency)))
+    return httpx.Client(
+        trust_env=False,
+        transport=httpx.HTTPTransport(retries=1),
+        timeout=httpx.Timeout(settings.timeout),
+        limits=httpx.Limits(max_connections=max(1, settings.concurrency)),
+    )

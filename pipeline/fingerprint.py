@@ -24,8 +24,9 @@ def fingerprint(assets: Iterable[Asset]) -> Manifest:
         directory, name = posixpath.split(asset.logical)
         stem, ext = posixpath.splitext(name)
         path = posixpath.join("assets", directory, f"{stem}.{digest}{ext}")
-        entries[asset.logical] = ManifestEntry(asset.logical, "/" + path, len(asset.data), sri(asset.data),
-                                               asset.mime, asset.width, asset.height)
+        entries[asset.logical] = ManifestEntry(
+            asset.logical, "/" + path, len(asset.data), sri(asset.data), asset.mime, asset.width, asset.height
+        )
         files[path] = asset.data
     return Manifest(entries, files)
 
@@ -35,12 +36,15 @@ def sri(data: bytes) -> str:
 
 
 def icon_assets(icon: EncodedIcon) -> list[Asset]:
-    return [Asset(icon_logical(icon.slug, r.density, i, v.format), v.data, v.mime, r.width, r.height)
-            for i, r in enumerate(icon.renditions) for v in r.variants]
+    return [
+        Asset(icon_logical(icon.slug, r.density, i, v.format), v.data, v.mime, r.width, r.height)
+        for i, r in enumerate(icon.renditions)
+        for v in r.variants
+    ]
 
 
 def icon_logical(slug: str, density: float, index: int, fmt: str) -> str:
-    """"icons/denny.webp" for the first density, "icons/denny@2x.webp" for the others."""
+    """ "icons/denny.webp" for the first density, "icons/denny@2x.webp" for the others."""
     return f"icons/{slug}.{fmt}" if index == 0 else f"icons/{slug}@{density:g}x.{fmt}"
 
 
@@ -50,18 +54,38 @@ def icon_refs(icons: Iterable[EncodedIcon], alts: dict[str, str], manifest: Mani
     refs = {}
     for icon in icons:
         formats = [v.format for v in icon.renditions[0].variants]
-        by_format = [IconSource(MIME[fmt], tuple(
-            Candidate(manifest.entries[icon_logical(icon.slug, r.density, i, fmt)].url, r.density, r.width, r.height)
-            for i, r in enumerate(icon.renditions))) for fmt in formats]
+        by_format = [
+            IconSource(
+                MIME[fmt],
+                tuple(
+                    Candidate(
+                        manifest.entries[icon_logical(icon.slug, r.density, i, fmt)].url, r.density, r.width, r.height
+                    )
+                    for i, r in enumerate(icon.renditions)
+                ),
+            )
+            for fmt in formats
+        ]
         *sources, png = by_format
-        refs[icon.name] = IconRef(icon.name, alts.get(icon.name, icon.name), icon.width, icon.height, tuple(sources), png)
+        refs[icon.name] = IconRef(
+            icon.name, alts.get(icon.name, icon.name), icon.width, icon.height, tuple(sources), png
+        )
     return refs
 
 
 def manifest_json(manifest: Manifest) -> dict[str, dict[str, object]]:
     return {
-        logical: {k: v for k, v in {
-            "url": e.url, "size": e.size, "type": e.mime, "width": e.width, "height": e.height, "integrity": e.integrity,
-        }.items() if v is not None}
+        logical: {
+            k: v
+            for k, v in {
+                "url": e.url,
+                "size": e.size,
+                "type": e.mime,
+                "width": e.width,
+                "height": e.height,
+                "integrity": e.integrity,
+            }.items()
+            if v is not None
+        }
         for logical, e in sorted(manifest.entries.items())
     }

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from .errors import ConfigError
-from .model import IndexNowSettings, PingResult
 from .files import write_atomic
+from .model import IndexNowSettings, PingResult
 
 BATCH = 10_000  # the protocol's limit per POST
 PAGE_TYPES = (".html", ".json", ".xml", ".txt")  # what a reader or a crawler sees as content
@@ -90,8 +90,14 @@ class Outbox:
                 self.pending[url] = digest
 
 
-def ping(outbox_path: Path, changed: dict[str, str], base_url: str, settings: IndexNowSettings,
-         client: httpx.Client, now: float) -> PingResult:
+def ping(
+    outbox_path: Path,
+    changed: dict[str, str],
+    base_url: str,
+    settings: IndexNowSettings,
+    client: httpx.Client,
+    now: float,
+) -> PingResult:
     """Queue `changed` (public URL -> content hash), then send what the outbox holds."""
     outbox = Outbox.load(outbox_path)
     outbox.queue(changed)
@@ -99,9 +105,11 @@ def ping(outbox_path: Path, changed: dict[str, str], base_url: str, settings: In
         if not outbox.pending:
             return PingResult()
         if now < outbox.retry_after <= now + MAX_BACKOFF:
-            return PingResult(pending=len(outbox.pending),
-                              problem=f"IndexNow asked us to wait; {len(outbox.pending)} URL(s) stay queued "
-                                      f"for {outbox.retry_after - now:.0f}s more")
+            return PingResult(
+                pending=len(outbox.pending),
+                problem=f"IndexNow asked us to wait; {len(outbox.pending)} URL(s) stay queued "
+                f"for {outbox.retry_after - now:.0f}s more",
+            )
         return _send(outbox, base_url, settings, client, now)
     finally:
         outbox.save(outbox_path)
@@ -111,14 +119,22 @@ def _send(outbox: Outbox, base_url: str, settings: IndexNowSettings, client: htt
     sent: list[str] = []
     urls = sorted(outbox.pending)
     for start in range(0, len(urls), BATCH):
-        batch = urls[start:start + BATCH]
-        body = {"host": urlsplit(base_url).hostname, "key": settings.key,
-                "keyLocation": f"{base_url}/{settings.key}.txt", "urlList": batch}
+        batch = urls[start : start + BATCH]
+        body = {
+            "host": urlsplit(base_url).hostname,
+            "key": settings.key,
+            "keyLocation": f"{base_url}/{settings.key}.txt",
+            "urlList": batch,
+        }
         try:
             response = client.post(settings.endpoint, json=body, timeout=settings.timeout)
         except httpx.HTTPError as error:
-            return _stopped(outbox, sent, f"IndexNow endpoint {settings.endpoint} unreachable ({type(error).__name__}); "
-                                       "the URLs stay queued for the next run")
+            return _stopped(
+                outbox,
+                sent,
+                f"IndexNow endpoint {settings.endpoint} unreachable ({type(error).__name__}); "
+                "the URLs stay queued for the next run",
+            )
         status = response.status_code
         if status in (200, 202):
             for url in batch:
@@ -126,13 +142,21 @@ def _send(outbox: Outbox, base_url: str, settings: IndexNowSettings, client: htt
             sent += batch
         elif status == 429:
             outbox.retry_after = now + min(_retry_after(response), MAX_BACKOFF)
-            return _stopped(outbox, sent, f"IndexNow answered 429 (too many requests); backing off "
-                                       f"{outbox.retry_after - now:.0f}s with the URLs queued")
+            return _stopped(
+                outbox,
+                sent,
+                f"IndexNow answered 429 (too many requests); backing off "
+                f"{outbox.retry_after - now:.0f}s with the URLs queued",
+            )
         elif status in (400, 403, 422):
-            why = {400: "the request was malformed", 403: f"the key was not verified: is {body['keyLocation']} "
-                   "served with exactly the key?", 422: f"the URLs do not belong to {body['host']} or the key "
-                   "does not match"}[status]
-            return _stopped(outbox, sent, f"IndexNow refused the ping with {status}: {why}; fix it, the URLs stay queued")
+            why = {
+                400: "the request was malformed",
+                403: f"the key was not verified: is {body['keyLocation']} served with exactly the key?",
+                422: f"the URLs do not belong to {body['host']} or the key does not match",
+            }[status]
+            return _stopped(
+                outbox, sent, f"IndexNow refused the ping with {status}: {why}; fix it, the URLs stay queued"
+            )
         else:
             return _stopped(outbox, sent, f"IndexNow answered {status}; the URLs stay queued for the next run")
     outbox.retry_after = 0.0

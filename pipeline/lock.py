@@ -7,8 +7,8 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from typing import TextIO
 from pathlib import Path
+from typing import TextIO
 
 from .errors import LockedError
 

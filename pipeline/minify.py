@@ -22,14 +22,16 @@ def minify_css(css: str) -> str:
 
 
 def minify_html(html: str) -> str:
-    return str(htmlmin.minify(
-        html,
-        remove_comments=True,
-        remove_empty_space=True,
-        reduce_empty_attributes=True,
-        remove_optional_attribute_quotes=False,  # keeps attribute values safe for any later tooling
-        convert_charrefs=False,  # True decodes attribute text a second time: alt="A&amp;lt;B" became "A<B"
-    ))
+    return str(
+        htmlmin.minify(
+            html,
+            remove_comments=True,
+            remove_empty_space=True,
+            reduce_empty_attributes=True,
+            remove_optional_attribute_quotes=False,  # keeps attribute values safe for any later tooling
+            convert_charrefs=False,  # True decodes attribute text a second time: alt="A&amp;lt;B" became "A<B"
+        )
+    )
 
 
 def _minify_html_bytes(html: bytes) -> bytes:

@@ -357,7 +357,7 @@ class PublishResult:
     switched: bool
     release: str  # name of the live release after the run
     replaced: dict[str, bytes | None]  # files outside assets/ this release adds or changes: the
-    files_written: int                  # bytes they had in the release it replaced (None: new)
+    files_written: int  # bytes they had in the release it replaced (None: new)
     bytes_written: int
 
 

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import brotli
 
-from .errors import PublishError
+from .errors import PublishError, describe_os_error
 from .files import fsync_dir, write_atomic, write_new
 from .gate import check_release
 from .model import PublishResult, PublishSettings
@@ -42,15 +42,27 @@ class Target(Protocol):
     """Where a release goes. Given the complete file map of a build, make it live, all at once
     to a reader, or say why not (PublishError) with the live site unchanged."""
 
-    def publish(self, files: dict[str, bytes], settings: PublishSettings, now: float, checkpoint: Checkpoint,
-                required: tuple[str, ...]) -> PublishResult: ...
+    def publish(
+        self,
+        files: dict[str, bytes],
+        settings: PublishSettings,
+        now: float,
+        checkpoint: Checkpoint,
+        required: tuple[str, ...],
+    ) -> PublishResult: ...
 
 
 # ---- publishing --------------------------------------------------------------------------------
 
 
-def publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now: float,
-            checkpoint: Checkpoint = lambda name: None, required: tuple[str, ...] = ("index.html",)) -> PublishResult:
+def publish(
+    dist: Path,
+    files: dict[str, bytes],
+    settings: PublishSettings,
+    now: float,
+    checkpoint: Checkpoint = lambda name: None,
+    required: tuple[str, ...] = ("index.html",),
+) -> PublishResult:
     """Make `files` (release-relative path -> bytes) the live site in `dist`, unless it already is."""
     return LocalDirectory(dist).publish(files, settings, now, checkpoint, required)
 
@@ -62,19 +74,32 @@ class LocalDirectory:
     def __init__(self, dist: Path) -> None:
         self.dist = dist
 
-    def publish(self, files: dict[str, bytes], settings: PublishSettings, now: float, checkpoint: Checkpoint,
-                required: tuple[str, ...]) -> PublishResult:
+    def publish(
+        self,
+        files: dict[str, bytes],
+        settings: PublishSettings,
+        now: float,
+        checkpoint: Checkpoint,
+        required: tuple[str, ...],
+    ) -> PublishResult:
         """`required`: paths the release must hold (the gate refuses it otherwise)."""
         try:
             return _publish(self.dist, files, settings, now, checkpoint, required)
-        except OSError as error:  # disk full, out of inodes, read-only, permissions
-            where = f" ({error.filename})" if error.filename else ""
-            raise PublishError(f"cannot write the new release under {self.dist}: {error.strerror or error}{where}; "
-                               "the live site is unchanged; free space or fix permissions, then run again") from None
+        except OSError as error:  # disk full, out of inodes, read-only, permissions, name too long
+            raise PublishError(
+                f"cannot write the new release under {self.dist}; the live site is unchanged: "
+                f"{describe_os_error(error)}"
+            ) from None
 
 
-def _publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now: float,
-             checkpoint: Checkpoint, required: tuple[str, ...]) -> PublishResult:
+def _publish(
+    dist: Path,
+    files: dict[str, bytes],
+    settings: PublishSettings,
+    now: float,
+    checkpoint: Checkpoint,
+    required: tuple[str, ...],
+) -> PublishResult:
     releases = dist / "releases"
     for directory in (dist, releases):  # served by an unprivileged nginx whatever our umask
         directory.mkdir(parents=True, exist_ok=True)
@@ -89,7 +114,13 @@ def _publish(dist: Path, files: dict[str, bytes], settings: PublishSettings, now
     if live and live_record and live_record.built == built and (releases / live).is_dir():
         return PublishResult(False, live, {}, 0, 0)
 
-    seq = max((int(m.group(1)) for p in releases.iterdir() if (m := RELEASE.match(p.name.removesuffix(".json")))), default=0) + 1
+    seq = (
+        max(
+            (int(m.group(1)) for p in releases.iterdir() if (m := RELEASE.match(p.name.removesuffix(".json")))),
+            default=0,
+        )
+        + 1
+    )
     name = f"r{seq:06d}"
     retained = retained_assets(records, settings, now) | set(live_record.assets if live_record else ())
     staging = dist / f".staging-{os.getpid()}"
@@ -123,12 +154,21 @@ def _pages_before(live_dir: Path | None, before: dict[str, str], built: dict[str
     """The live bytes of every file outside assets/ that this release adds, changes or drops
     (None: it is new), read before the switch, so the visible change can be judged after it."""
     paths = {p for p in {*before, *built} if not p.startswith("assets/") and before.get(p) != built.get(p)}
-    return {p: (live_dir / p).read_bytes() if live_dir and p in before and (live_dir / p).is_file() else None
-            for p in sorted(paths)}
+    return {
+        p: (live_dir / p).read_bytes() if live_dir and p in before and (live_dir / p).is_file() else None
+        for p in sorted(paths)
+    }
 
 
-def _write_release(staging: Path, files: dict[str, bytes], built: dict[str, str], live_dir: Path | None,
-                   live_record: Record | None, retained: set[str], checkpoint: Checkpoint) -> tuple[int, int]:
+def _write_release(
+    staging: Path,
+    files: dict[str, bytes],
+    built: dict[str, str],
+    live_dir: Path | None,
+    live_record: Record | None,
+    retained: set[str],
+    checkpoint: Checkpoint,
+) -> tuple[int, int]:
     """Write new files; hard-link unchanged and retained ones from the live release, which holds
     every retained asset (by induction: each release carried the assets of the releases kept
     when it was made, a superset of those kept now). Returns files and bytes written."""

@@ -25,8 +25,9 @@ class UnknownName(LookupError):
     """A template asked for an icon or asset that does not exist."""
 
 
-def render_pages(templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None,
-                 eager: int = 6) -> tuple[Page, ...]:
+def render_pages(
+    templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None, eager: int = 6
+) -> tuple[Page, ...]:
     """`bytecode_dir`: where Jinja2 may keep compiled templates (saves ~30 ms a run).
     `eager`: how many icons, in document order, each page loads at once (the first screen)."""
     env = environment(templates_dir, view, bytecode_dir, eager)
@@ -40,8 +41,9 @@ def render_pages(templates_dir: Path, view: SiteView, bytecode_dir: Path | None 
     return tuple(pages)
 
 
-def environment(templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None,
-                eager: int = 6) -> jinja2.Environment:
+def environment(
+    templates_dir: Path, view: SiteView, bytecode_dir: Path | None = None, eager: int = 6
+) -> jinja2.Environment:
     """The Jinja2 environment the pages render in (also what a server rendering per request,
     like the bench's Flask baseline, would hold)."""
     if bytecode_dir is not None:
@@ -72,8 +74,12 @@ def environment(templates_dir: Path, view: SiteView, bytecode_dir: Path | None =
 
     env.globals.update(
         icon_loading=_LoadingOrder(eager),  # a global: imported macros see globals, not the page's context
-        site=view, ICON_MAP=view.icons, icon_map_json=icon_map_json(view.icons),
-        icon=icon, asset_url=asset_url, integrity=integrity,
+        site=view,
+        ICON_MAP=view.icons,
+        icon_map_json=icon_map_json(view.icons),
+        icon=icon,
+        asset_url=asset_url,
+        integrity=integrity,
         active=[c for c in view.content.codes if c.active_on(view.today)],
         expired=[c for c in view.content.codes if not c.active_on(view.today)],
     )
@@ -134,20 +140,37 @@ class _LoadingOrder:
 def icon_map_json(icons: dict[str, IconRef]) -> str:
     """ICON_MAP as a JSON object, for `|safe` inside <script>: <, >, & and U+2028/9 are escaped,
     so no name or alt text can close the script element or break the JS string."""
-    data = {name: {
-        "alt": ref.alt, "width": ref.width, "height": ref.height, "png": ref.fallback,
-        **{s.mime.split("/")[1]: s.url for s in ref.sources},
-        "srcset": {s.mime.split("/")[1]: s.srcset for s in (*ref.sources, ref.png)},
-    } for name, ref in sorted(icons.items())}
+    data = {
+        name: {
+            "alt": ref.alt,
+            "width": ref.width,
+            "height": ref.height,
+            "png": ref.fallback,
+            **{s.mime.split("/")[1]: s.url for s in ref.sources},
+            "srcset": {s.mime.split("/")[1]: s.srcset for s in (*ref.sources, ref.png)},
+        }
+        for name, ref in sorted(icons.items())
+    }
     return _html_safe_json(data)
 
 
 def codes_json(view: SiteView) -> str:
-    data = {"game": view.content.game, "codes": [{
-        "code": c.code, "added": c.added.isoformat(), "expires": c.expires.isoformat() if c.expires else None,
-        "active": c.active_on(view.today), "note": c.note,
-        "rewards": [{"icon": r.icon, "amount": r.amount, "png": view.icons[r.icon].fallback} for r in c.rewards],
-    } for c in view.content.codes]}
+    data = {
+        "game": view.content.game,
+        "codes": [
+            {
+                "code": c.code,
+                "added": c.added.isoformat(),
+                "expires": c.expires.isoformat() if c.expires else None,
+                "active": c.active_on(view.today),
+                "note": c.note,
+                "rewards": [
+                    {"icon": r.icon, "amount": r.amount, "png": view.icons[r.icon].fallback} for r in c.rewards
+                ],
+            }
+            for c in view.content.codes
+        ],
+    }
     return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
 
 

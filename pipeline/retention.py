@@ -40,7 +40,9 @@ def load_records(releases: Path) -> list[Record]:
             continue
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            records.append(Record(raw["name"], int(raw["seq"]), float(raw["created"]), dict(raw["built"]), list(raw["assets"])))
+            records.append(
+                Record(raw["name"], int(raw["seq"]), float(raw["created"]), dict(raw["built"]), list(raw["assets"]))
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a record we cannot read: its release is never carried forward
     return sorted(records, key=lambda r: r.seq)
@@ -50,7 +52,7 @@ def kept_records(records: list[Record], settings: PublishSettings, now: float) -
     """The last K by sequence number (never by clock), plus any created within the window.
     A clock that jumped back makes records look newer, which only keeps more."""
     by_seq = sorted(records, key=lambda r: r.seq)
-    recent = by_seq[-max(2, settings.keep_releases):]
+    recent = by_seq[-max(2, settings.keep_releases) :]
     window = now - settings.retention_hours * 3600
     return [r for r in by_seq if r in recent or r.created >= window]
 
@@ -60,8 +62,9 @@ def retained_assets(records: list[Record], settings: PublishSettings, now: float
     return {a for r in kept_records(records, settings, now) for a in r.assets}
 
 
-def collect_garbage(releases: Path, live: str | None, records: list[Record], settings: PublishSettings,
-                    now: float) -> None:
+def collect_garbage(
+    releases: Path, live: str | None, records: list[Record], settings: PublishSettings, now: float
+) -> None:
     """Remove every release (and record) retention no longer keeps; never the live one."""
     keep = {r.name for r in kept_records(records, settings, now)} | ({live} if live else set())
     for entry in sorted(releases.iterdir()):

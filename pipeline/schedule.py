@@ -63,10 +63,15 @@ class Scheduler:
     process is paused, are owed exactly one catch-up run, started as soon as it can be; then
     the grid resumes. Runs never overlap: the loop waits for each one."""
 
-    def __init__(self, job: Callable[[int], RunOutcome], settings: ScheduleSettings,
-                 clock: Callable[[], float] = boottime, stop: threading.Event | None = None,
-                 wait: Callable[[float], object] | None = None,
-                 jitter: Callable[[float], float] = lambda most: random.uniform(0, most)) -> None:
+    def __init__(
+        self,
+        job: Callable[[int], RunOutcome],
+        settings: ScheduleSettings,
+        clock: Callable[[], float] = boottime,
+        stop: threading.Event | None = None,
+        wait: Callable[[float], object] | None = None,
+        jitter: Callable[[float], float] = lambda most: random.uniform(0, most),
+    ) -> None:
         self.job, self.settings, self.clock = job, settings, clock
         self.stop = stop or threading.Event()
         self.wait = wait or self.stop.wait
@@ -99,10 +104,21 @@ class BuildProcess:
         self.child: subprocess.Popen[str] | None = None
 
     def __call__(self, number: int) -> RunOutcome:
-        command = [sys.executable, "-m", "pipeline", "build", "--site", str(self.site), "--summary", "line", *self.extra]
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "build",
+            "--site",
+            str(self.site),
+            "--summary",
+            "line",
+            *self.extra,
+        ]
         started = time.monotonic()
-        self.child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True)
+        self.child = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         try:
             out, err = self.child.communicate(timeout=self.settings.run_timeout)
             code = self.child.returncode
@@ -113,7 +129,10 @@ class BuildProcess:
                 out, err = self.child.communicate(timeout=self.settings.kill_grace)
             except subprocess.TimeoutExpired:  # something still holds its pipes: stop reading them
                 out, err = "", ""
-            code, summary = 124, f"killed after the run timeout of {self.settings.run_timeout:g}s; nothing was switched by it"
+            code, summary = (
+                124,
+                f"killed after the run timeout of {self.settings.run_timeout:g}s; nothing was switched by it",
+            )
         finally:
             self.child = None
         lines = tuple(line for line in err.splitlines() if line.strip())
@@ -143,13 +162,18 @@ class BuildProcess:
 
 
 def log_line(outcome: RunOutcome, now: dt.datetime | None = None) -> str:
-    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = "ok" if outcome.exit_code == 0 else f"exit {outcome.exit_code}"
     return f"{stamp} run {outcome.number} {status} {outcome.seconds:.2f}s: {outcome.summary}"
 
 
-def refresh(site: Path, settings: ScheduleSettings, emit: Callable[[str], None],
-            max_runs: int | None = None, extra: Sequence[str] = ()) -> int:
+def refresh(
+    site: Path,
+    settings: ScheduleSettings,
+    emit: Callable[[str], None],
+    max_runs: int | None = None,
+    extra: Sequence[str] = (),
+) -> int:
     """The daemon: build now, then every interval, until SIGTERM/SIGINT. Returns runs done."""
     stop = threading.Event()
     process = BuildProcess(site, settings, extra)

@@ -18,6 +18,7 @@ from pathlib import Path
 from .files import write_atomic
 from .model import IMAGE_EXTENSIONS, Document, IconSpec, SourceIcon, Stored, sniff
 
+
 class IconStore:
     """icons/: the last good source of each icon and its validators."""
 
@@ -86,5 +87,11 @@ def _stored(data: bytes, meta: dict[str, str]) -> Stored:
 
 
 def _meta_bytes(url: str, etag: str, last_modified: str, data: bytes, **extra: str) -> bytes:
-    meta = {"url": url, "etag": etag, "last_modified": last_modified, "sha256": hashlib.sha256(data).hexdigest(), **extra}
+    meta = {
+        "url": url,
+        "etag": etag,
+        "last_modified": last_modified,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        **extra,
+    }
     return (json.dumps(meta, indent=2) + "\n").encode()

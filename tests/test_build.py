@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -215,5 +216,56 @@ def test_sigterm_stops_before_the_switch_and_removes_staging(cold_site: Path) ->
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
     assert "stopped by a signal" in err and "nothing was switched" in err
+    assert re.search(r"\d+ of 11 icon\(s\) to encode were encoded and kept for the next run", err), err
     assert not (cold_site / "dist" / "current").exists()
     assert not list((cold_site / "dist").glob(".staging-*"))
+
+
+def test_a_torn_or_edited_cache_entry_is_encoded_again_and_unused_entries_are_pruned(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    live = (site / "dist" / "current").resolve()
+    entries = sorted(p for p in (site / ".cache" / "encode").glob("??/*") if p.is_dir())
+    assert len(entries) == 11
+    victim = next(f for f in sorted(entries[0].iterdir()) if f.suffix in (".webp", ".png", ".avif"))
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])  # torn
+    again = run_cli(site, "icons")
+    assert again.returncode == 0, again.stderr
+    assert "1 encoded, 10 reused from cache" in again.stdout and "nothing changed" in again.stdout
+    assert (site / "dist" / "current").resolve() == live  # the re-encode gave the same bytes: no torn file published
+    # An entry no run has used for longer than the retention window goes; a used one stays.
+    stale = entries[1].parent / ("0" * 64)
+    shutil.copytree(entries[1], stale)
+    os.utime(stale, (1.0, 1.0))
+    derived_stale = site / ".cache" / "encode" / "derived" / ("f" * 64)
+    derived_stale.write_bytes(b"old")
+    os.utime(derived_stale, (1.0, 1.0))
+    assert run_cli(site, "build", "--offline").returncode == 0
+    assert not stale.exists() and not derived_stale.exists()
+    assert len([p for p in (site / ".cache" / "encode").glob("??/*") if p.is_dir()]) == 11
+
+
+def test_sigint_keeps_what_was_encoded_and_the_next_run_reuses_it(cold_site: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "1",
+                                "--site", str(cold_site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO)
+    entries = cold_site / ".cache" / "encode"
+    deadline = time.monotonic() + 60
+    while len([p for p in entries.glob("??/*") if p.is_dir()]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # two icons are encoded and cached
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    kept = int(re.search(r"(\d+) of 11 icon\(s\) to encode were encoded and kept", err).group(1))
+    assert 2 <= kept < 11 and "the live site is unchanged" in err
+    again = run_cli(cold_site, "build", "--offline")
+    assert again.returncode == 0, again.stderr
+    assert f"{11 - kept} encoded, {kept} reused from cache" in again.stdout
+
+
+def test_version_and_a_help_written_for_users() -> None:
+    version = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert version.returncode == 0 and re.fullmatch(r"pipeline \d+\.\d+\.\d+\n", version.stdout), version
+    usage = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert "Build a static site ahead of time" in usage.stdout and "argv ->" not in usage.stdout
+    for command in ("build", "icons", "refresh"):
+        assert re.search(rf"^\s+{command}\s+\S", usage.stdout, re.M), command  # each command, one line of what it is for

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import AbstractContextManager
 import json
+import os
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -220,3 +221,25 @@ def test_more_than_10000_urls_are_batched(tmp_path: Path) -> None:
                       client, now=1.0)
     assert [len(p["urlList"]) for p in endpoint.posts] == [10_000, 1]
     assert len(result.sent) == 10_001 and result.pending == 0
+
+
+def test_a_failure_after_the_switch_is_a_warning_and_the_run_says_it_published(site: Path, tmp_path: Path) -> None:
+    """The outbox is unreadable only once `current` has moved: the run has published, so it says
+    `published rNNNNNN`, exits 0 and reports the problem as a warning (it used to exit 78 with
+    "nothing was built")."""
+    endpoint = Endpoint(icons=tmp_path / "origin")
+    endpoint.icons.mkdir()
+    with running(endpoint) as origin:
+        _serve_current_icons(site, endpoint.icons)
+        configure(site, origin, "http://127.0.0.1:9")
+        outbox = site / ".cache" / "indexnow.json"
+        outbox.parent.mkdir(parents=True, exist_ok=True)
+        outbox.write_text("{not json")
+        result = run_cli(site, "build")
+    assert result.returncode == 0, result.stderr
+    assert "published r000001" in result.stdout
+    live = os.readlink(site / "dist" / "current")
+    assert live.endswith("r000001")
+    assert "pipeline: warning: r000001 is live, but telling search engines failed" in result.stderr
+    assert "IndexNow outbox is damaged" in result.stderr and "Traceback" not in result.stderr
+    assert endpoint.posts == []

@@ -254,6 +254,7 @@ def test_37_disk_full_fails_cleanly_keeps_current_and_recovers(template: Path, t
 
     full = build(site)
     clean_error(full, 73, "No space left on device")
+    assert "out of space or of inodes" in full.stderr
     assert leftovers(dist) == []
     assert snapshot(dist) == before
 
@@ -327,6 +328,7 @@ def test_39_read_only_output_is_a_clean_error_and_nothing_switches(template: Pat
 
     mounts.read_only(dist)
     clean_error(build(site), 73, "Read-only file system")
+    assert "remount it read-write" in build(site).stderr
     assert snapshot(dist) == before
     mounts.unmount(dist)
 

@@ -152,3 +152,21 @@ def test_releases_that_never_went_live_do_not_push_out_the_live_ones_assets(tmp_
     after = publish(dist, site_files("v2", "a.2222.png"), short, now=10.0)
     assert (dist / "current/assets/a.1111.png").is_file()  # the page served until now still works
     assert sorted(p.name for p in (dist / "releases").iterdir() if p.is_dir()) == [live.release, after.release]
+
+
+def test_the_gate_checks_relative_urls_against_the_page_and_names_malformed_ones(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    good = publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1.0)
+    relative = {**site_files("v2", "a.1111.png"), "docs/page.html": b'<img src="img/logo.png"><a href="../">up</a>',
+                "docs/img/logo.png": b"logo"}
+    assert publish(dist, relative, SETTINGS, now=2.0).switched  # resolved against docs/: present
+    for page, problem in [
+        (b'<img src="missing.png">', "index.html names /missing.png, which is not in the release"),
+        (b'<a href="/%00">x</a>', "index.html names '/%00' holds a control character; fix the template"),
+        (b'<a href="http://[::1">x</a>', "index.html names 'http://[::1' is not a valid URL"),
+        (b'<a href="../../etc/passwd">x</a>', "climbs above the site's root"),
+    ]:
+        with pytest.raises(PublishError) as caught:
+            publish(dist, {**site_files("v3", "a.1111.png"), "index.html": page}, SETTINGS, now=3.0)
+        assert any(problem in line for line in caught.value.problems), caught.value.problems
+    assert live_release(dist) != good.release and (dist / "current" / "docs" / "page.html").is_file()

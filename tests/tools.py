@@ -40,8 +40,8 @@ MISSING_PAGE = "/no-such-page/for-the-404-check"  # how nginx serves 404.html: e
 
 
 def require(ok: bool, reason: str) -> None:
-    """Skip when a tool is missing, except under CI (CI set), where it fails: a check must never
-    drop out of CI silently because the image lacks a package."""
+    """Skip when a tool is missing (or root, or a working mount), except under CI (CI set), where
+    it fails: a check must never drop out of CI silently because the image lacks a package."""
     if ok:
         return
     if os.environ.get("CI"):
@@ -106,8 +106,8 @@ class _ImgTags(HTMLParser):
 
 def img_srcs(html: str, page_url: str = "/") -> list[str | None]:
     """The path each <img src> names (resolved against the page URL), in document order; None
-    for an <img> without a src. (Of an <img> with the attribute twice, the last one, as a browser
-    reading attributes into a dict would; browsers keep the first, the pages never do this.)"""
+    for an <img> without a src. (An <img> naming src twice gives its last one, as this helper always
+    did; the pages never do that.)"""
     tags = _ImgTags()
     tags.feed(html)
     tags.close()

@@ -34,14 +34,14 @@ def load_content(label: str, text: str, icon_names: set[str]) -> Content:
     codes = []
     seen: dict[str, int] = {}
     for item in codes_node.value:
-        code = _code(label, item, icon_names, problems)
-        if code is None:
+        written, code = _code(label, item, icon_names, problems)
+        if written is not None and written in seen:  # judged on the text: a code with other problems counts too
+            problems.append(f"{label}:{line_of(item)}: duplicate code {written!r} (first at line {seen[written]})")
             continue
-        if code.code in seen:
-            problems.append(f"{label}:{line_of(item)}: duplicate code {code.code!r} (first at line {seen[code.code]})")
-            continue
-        seen[code.code] = line_of(item)
-        codes.append(code)
+        if written is not None:
+            seen[written] = line_of(item)
+        if code is not None:
+            codes.append(code)
     unknown = set(top) - {"game", "codes"}
     if unknown:
         problems.append(f"{label}:{line_of(root)}: unknown key(s) {', '.join(sorted(unknown))}; known: game, codes")
@@ -50,11 +50,13 @@ def load_content(label: str, text: str, icon_names: set[str]) -> Content:
     return Content(name, tuple(codes))
 
 
-def _code(label: str, node: yaml.Node, icon_names: set[str], problems: list[str]) -> Code | None:
+def _code(label: str, node: yaml.Node, icon_names: set[str], problems: list[str]) -> tuple[str | None, Code | None]:
+    """(the code's text if it has one, the Code if it has no problem); every field is checked,
+    so one bad field never hides another."""
     where = f"{label}:{line_of(node)}"
     if not isinstance(node, yaml.MappingNode):
         problems.append(f"{where}: each code must be a mapping with code, added and rewards")
-        return None
+        return None, None
     before = len(problems)
     fields = fields_of(label, node, problems)
     code = _scalar(fields, "code", where, problems)
@@ -68,15 +70,18 @@ def _code(label: str, node: yaml.Node, icon_names: set[str], problems: list[str]
     rewards = _rewards(fields.get("rewards"), where, label, icon_names, problems)
     unknown = set(fields) - {"code", "added", "expires", "note", "rewards"}
     if unknown:
-        problems.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
-                        "known: code, added, expires, note, rewards")
+        problems.append(
+            f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+            "known: code, added, expires, note, rewards"
+        )
     if len(problems) > before or code is None or added is None:  # a missing code or date is a problem already
-        return None
-    return Code(code, added, expires, rewards, note)
+        return code, None
+    return code, Code(code, added, expires, rewards, note)
 
 
-def _scalar(fields: dict[str, yaml.Node], key: str, where: str, problems: list[str],
-            required: bool = True) -> str | None:
+def _scalar(
+    fields: dict[str, yaml.Node], key: str, where: str, problems: list[str], required: bool = True
+) -> str | None:
     node = fields.get(key)
     if node is None:
         if required:
@@ -100,30 +105,50 @@ def _date(fields: dict[str, yaml.Node], key: str, where: str, problems: list[str
         return None
 
 
-def _rewards(node: yaml.Node | None, where: str, label: str, icon_names: set[str],
-             problems: list[str]) -> tuple[Reward, ...]:
+def _rewards(
+    node: yaml.Node | None, where: str, label: str, icon_names: set[str], problems: list[str]
+) -> tuple[Reward, ...]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         problems.append(f"{where}: `rewards:` must be a non-empty list of {{icon: NAME, amount: N}}")
         return ()
     rewards = []
     for item in node.value:
-        at = f"{label}:{line_of(item)}"
-        if not isinstance(item, yaml.MappingNode):
-            problems.append(f"{at}: a reward must be {{icon: NAME, amount: N}}")
-            continue
-        fields = fields_of(label, item, problems)
-        unknown = set(fields) - {"icon", "amount"}
-        if unknown or not all(isinstance(v, yaml.ScalarNode) for v in fields.values()):
-            problems.append(f"{at}: a reward must be {{icon: NAME, amount: N}}, got key(s) {', '.join(sorted(fields))}")
-            continue
-        icon = fields["icon"].value if "icon" in fields else None
-        amount = fields["amount"].value if "amount" in fields else "1"
-        if icon not in icon_names:
-            known = ", ".join(sorted(icon_names)) or "none"
-            problems.append(f"{at}: reward icon {icon!r} is not in icon_map.yaml; add it there or use one of: {known}")
-            continue
-        if not re.fullmatch(r"[0-9]{1,9}", amount) or int(amount) == 0:
-            problems.append(f"{at}: reward amount must be a whole number from 1, got {amount[:20]!r}")
-            continue
-        rewards.append(Reward(icon, int(amount)))
+        reward = _reward(label, item, icon_names, problems)
+        if reward is not None:
+            rewards.append(reward)
     return tuple(rewards)
+
+
+def _reward(label: str, node: yaml.Node, icon_names: set[str], problems: list[str]) -> Reward | None:
+    """One {icon: NAME, amount: N}; every problem it has is reported, not only the first."""
+    at = f"{label}:{line_of(node)}"
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(f"{at}: a reward must be {{icon: NAME, amount: N}}")
+        return None
+    before = len(problems)
+    fields = fields_of(label, node, problems)
+    if set(fields) - {"icon", "amount"}:
+        problems.append(f"{at}: a reward must be {{icon: NAME, amount: N}}, got key(s) {', '.join(sorted(fields))}")
+    for key, value in fields.items():
+        if key in ("icon", "amount") and not isinstance(value, yaml.ScalarNode):
+            problems.append(f"{label_of(value, at)}: reward `{key}:` must be a single value, not a list or mapping")
+    icon, amount = fields.get("icon"), fields.get("amount")
+    if icon is None:
+        problems.append(f"{at}: reward has no icon; write {{icon: NAME, amount: N}}")
+    elif isinstance(icon, yaml.ScalarNode) and icon.value not in icon_names:
+        known = ", ".join(sorted(icon_names)) or "none"
+        problems.append(
+            f"{label_of(icon, at)}: reward icon {icon.value!r} is not in icon_map.yaml; "
+            f"add it there or use one of: {known}"
+        )
+    if amount is None:
+        problems.append(f"{at}: reward has no amount; write {{icon: NAME, amount: N}}")
+    elif isinstance(amount, yaml.ScalarNode) and (
+        not re.fullmatch(r"[0-9]{1,9}", amount.value) or int(amount.value) == 0
+    ):
+        problems.append(
+            f"{label_of(amount, at)}: reward amount must be a whole number from 1, got {amount.value[:20]!r}"
+        )
+    if len(problems) > before or not isinstance(icon, yaml.ScalarNode) or not isinstance(amount, yaml.ScalarNode):
+        return None
+    return Reward(icon.value, int(amount.value))

@@ -20,6 +20,9 @@ from .loader import CONTROL, compose, fields_of, line_of, name_problem, url_prob
 
 MAX_DISPLAY = 1024  # CSS px; an icon box larger than this is not an icon
 MAX_DENSITY = 4.0
+SSIM_FLOOR = (0.5, 1.0)  # the ranges of the encode options, for site.py's messages too
+PNG_LEVEL = (0, 6)
+DENSITIES_EXPECTED = f"must be a list of 1 to 6 screen densities from 1 to {MAX_DENSITY:g}, like [1, 2, 3]"
 _DEFAULTS = EncodeSettings()
 
 
@@ -48,8 +51,9 @@ def load_icon_map(path: Path, defaults: EncodeSettings = _DEFAULTS) -> tuple[Ico
         if spec is None:
             continue
         if spec.slug in slugs:
-            problems.append(f"{where}: icon {name!r} has the same file name {spec.slug!r} as {slugs[spec.slug]!r}; "
-                            "rename one")
+            problems.append(
+                f"{where}: icon {name!r} has the same file name {spec.slug!r} as {slugs[spec.slug]!r}; rename one"
+            )
             continue
         slugs[spec.slug] = name
         specs.append(spec)
@@ -58,8 +62,9 @@ def load_icon_map(path: Path, defaults: EncodeSettings = _DEFAULTS) -> tuple[Ico
     return tuple(specs)
 
 
-def _icon_spec(name: str, node: yaml.Node, where: str, defaults: EncodeSettings,
-               problems: list[str]) -> IconSpec | None:
+def _icon_spec(
+    name: str, node: yaml.Node, where: str, defaults: EncodeSettings, problems: list[str]
+) -> IconSpec | None:
     options: dict[str, Any] = {}
     if isinstance(node, yaml.ScalarNode):
         options["url"] = node.value
@@ -87,17 +92,18 @@ def _icon_spec(name: str, node: yaml.Node, where: str, defaults: EncodeSettings,
 
 
 OPTION_PARSERS: dict[str, Callable[[Any], object]] = {
-    "ssim_floor": lambda s: _ranged(_number(s), 0.5, 1.0),
+    "ssim_floor": lambda s: _ranged(_number(s), *SSIM_FLOOR),
     "avif": lambda s: _boolean(s),
     "lossless_only": lambda s: _boolean(s),
-    "png_level": lambda s: _whole(s, 0, 6),
+    "png_level": lambda s: _whole(s, *PNG_LEVEL),
     "display": lambda s: _whole(s, 0, MAX_DISPLAY),
     "densities": lambda s: _densities(s),
 }
 
 
-def _encode_options(name: str, options: dict[str, Any], where: str, defaults: EncodeSettings,
-                    problems: list[str]) -> EncodeSettings | None:
+def _encode_options(
+    name: str, options: dict[str, Any], where: str, defaults: EncodeSettings, problems: list[str]
+) -> EncodeSettings | None:
     values: dict[str, Any] = {}
     for key, raw in options.items():
         parser = OPTION_PARSERS.get(key)
@@ -137,7 +143,7 @@ def _densities(value: Any) -> tuple[float, ...]:
     """[1, 2, 3] from TOML (a list) or YAML (a sequence node): ascending, no repeats."""
     nodes = value.value if isinstance(value, yaml.SequenceNode) else value if isinstance(value, list) else None
     items = None if nodes is None else [v.value if isinstance(v, yaml.ScalarNode) else v for v in nodes]
-    message = f"must be a list of 1 to 6 screen densities from 1 to {MAX_DENSITY:g}, like [1, 2, 3]"
+    message = DENSITIES_EXPECTED
     if not items or len(items) > 6:
         raise ValueError(message)
     try:

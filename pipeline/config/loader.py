@@ -57,8 +57,9 @@ def _check_shape(label: str, text: str) -> None:
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
         elif isinstance(event, yaml.AliasEvent):
-            raise ConfigError(f"{label}:{_mark_line(event.start_mark)}: YAML aliases (*name) are not supported; "
-                              "write the value out")
+            raise ConfigError(
+                f"{label}:{_mark_line(event.start_mark)}: YAML aliases (*name) are not supported; write the value out"
+            )
 
 
 def _compose_for_errors(label: str, text: str) -> yaml.Node | None:

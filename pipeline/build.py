@@ -26,7 +26,7 @@ from .cache import EncodeCache
 from .encode_pool import encode_all
 from .errors import ConfigError, PipelineError
 from .lock import exclusive
-from .model import Asset, Content, Document, Origin, PingResult, RunReport, SiteConfig, SiteView, SourceIcon
+from .model import Asset, Content, Document, Origin, PingResult, Progress, RunReport, SiteConfig, SiteView, SourceIcon
 from .store import FeedStore, IconStore
 
 FEED_COPY = "feed/codes"  # under .cache/: the last good copy of a codes feed, and its validators
@@ -41,6 +41,7 @@ class BuildRequest:
     reencode: frozenset[str] = frozenset()  # icon names to encode even if cached
     jobs: int = 0  # encode processes; 0 = the site's setting, or one per core
     checkpoint: publish.Checkpoint = field(default=lambda name: None, compare=False)
+    progress: Progress = field(default=lambda stage, done, total, item: None, compare=False)
 
 
 def run(request: BuildRequest) -> RunReport:
@@ -68,7 +69,13 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     with timings("encode"):
         cache = EncodeCache(site.cache_dir / "encode")
         sources, encoded = encode_all(
-            sources, lambda source: store.load(source.spec), cache, request.reencode, _jobs(request), request.checkpoint
+            sources,
+            lambda source: store.load(source.spec),
+            cache,
+            request.reencode,
+            _jobs(request),
+            request.checkpoint,
+            request.progress,
         )
         for source in sources:
             if source.origin is not Origin.STALE and source.origin is not Origin.LOCAL:

@@ -26,7 +26,7 @@ from . import crashpoints
 from .cache import EncodeCache, cache_key
 from .encode import ENCODER_VERSION, LIBRARY_VERSIONS, encode_icon
 from .errors import ImageError, Interrupted
-from .model import EncodedIcon, Origin, SourceIcon, Stored
+from .model import EncodedIcon, Origin, Progress, SourceIcon, Stored
 
 CACHE_VERSION = f"{ENCODER_VERSION}; {LIBRARY_VERSIONS}"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -43,6 +43,7 @@ def encode_all(
     reencode: frozenset[str],
     jobs: int,
     checkpoint: Checkpoint,
+    progress: Progress = lambda stage, done, total, item: None,
 ) -> tuple[list[SourceIcon], list[EncodedIcon]]:
     """Encode what the cache lacks, each result cached as it arrives. A fresh download that
     fails to decode falls back to its last good copy (marked STALE); an icon with no decodable
@@ -56,9 +57,12 @@ def encode_all(
             encoded[i] = hit
     missing = [i for i in range(len(sources)) if i not in encoded]
     failed: dict[int, ImageError] = {}
+    if missing:
+        progress("encode", 0, len(missing), "")  # the clock of the estimate starts now
     try:
-        for j, outcome in _encode_each([sources[i] for i in missing], jobs, checkpoint):
+        for done, (j, outcome) in enumerate(_encode_each([sources[i] for i in missing], jobs, checkpoint), 1):
             i = missing[j]
+            progress("encode", done, len(missing), sources[i].spec.name)
             if isinstance(outcome, ImageError):
                 failed[i] = outcome
                 continue

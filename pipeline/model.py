@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def sniff(data: bytes) -> str | None:
     if data[4:12] in (b"ftypavif", b"ftypavis"):
         return "avif"
     return None
+
+
+Progress = Callable[[str, int, int, str], None]  # (stage, done, total, the item just finished)
 
 
 # ---- configuration -------------------------------------------------------------------------

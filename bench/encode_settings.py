@@ -124,8 +124,13 @@ def fetch_npm() -> dict[str, Path]:
                 shutil.rmtree(target)
             print(f"fetching {spec} with npm pack ...", file=sys.stderr, flush=True)
             with tempfile.TemporaryDirectory(dir=base) as tmp:
-                done = subprocess.run(["npm", "pack", spec, "--json", "--pack-destination", tmp],
-                                      capture_output=True, text=True, timeout=600, cwd=tmp)
+                done = subprocess.run(
+                    ["npm", "pack", spec, "--json", "--pack-destination", tmp],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    cwd=tmp,
+                )
                 if done.returncode != 0:
                     raise RuntimeError(f"npm pack {spec} failed: {done.stderr.strip()[-500:]}")
                 info = json.loads(done.stdout)[0]
@@ -137,12 +142,14 @@ def fetch_npm() -> dict[str, Path]:
                         name = member.name
                         if not (member.isfile() and name.startswith(prefix) and name.endswith(".png")):
                             continue
-                        leaf = name[len(prefix):]
+                        leaf = name[len(prefix) :]
                         if "/" in leaf or leaf.startswith("."):
                             continue
                         (target / leaf).write_bytes(tar.extractfile(member).read())
-                stamp.write_text(json.dumps({"package": spec, "shasum": info.get("shasum"),
-                                             "integrity": info.get("integrity")}) + "\n")
+                stamp.write_text(
+                    json.dumps({"package": spec, "shasum": info.get("shasum"), "integrity": info.get("integrity")})
+                    + "\n"
+                )
         out[emoji_set] = target
     return out
 
@@ -158,8 +165,11 @@ def npm_corpus(limit: int) -> tuple[list[tuple[str, str, Path]], dict]:
         files.sort(key=lambda p: hashlib.sha256(f"{emoji_set}/{p.name}".encode()).hexdigest())
         k = len(files) if limit <= 0 else limit // len(sets) + (1 if i < limit % len(sets) else 0)
         items += [(emoji_set, p.name, p) for p in files[:k]]
-        meta[emoji_set] = {"available": len(files), "sampled": min(k, len(files)),
-                           **json.loads((dirs[emoji_set] / ".complete").read_text())}
+        meta[emoji_set] = {
+            "available": len(files),
+            "sampled": min(k, len(files)),
+            **json.loads((dirs[emoji_set] / ".complete").read_text()),
+        }
     return items, meta
 
 
@@ -202,23 +212,34 @@ def measure(task: tuple[str, str, str, bool, bool]) -> dict:
     path = Path(path_str)
     data = path.read_bytes()
     image = enc.decode(data, name)
-    record = {"set": emoji_set, "name": name, "source_bytes": len(data), "width": image.width,
-              "height": image.height, "colors_le_256": image.getcolors(256) is not None, "results": {}}
+    record = {
+        "set": emoji_set,
+        "name": name,
+        "source_bytes": len(data),
+        "width": image.width,
+        "height": image.height,
+        "colors_le_256": image.getcolors(256) is not None,
+        "results": {},
+    }
     res = record["results"]
 
     def put(key: str, out: bytes, ms: float, detail: str = "", **extra) -> None:
         res[key] = {"bytes": len(out), "ssim": quality(image, out), "ms": round(ms, 3), "detail": detail, **extra}
 
-    for key, opts in [("webp_ll_m4", {"lossless": True, "quality": 100, "method": 4}),
-                      ("webp_ll_m6", {"lossless": True, "quality": 100, "method": 6}),
-                      ("webp_q75", {"quality": 75, "alpha_quality": 100, "method": 4}),
-                      ("webp_q80", {"quality": 80, "alpha_quality": 100, "method": 4}),
-                      ("webp_q90", {"quality": 90, "alpha_quality": 100, "method": 4})]:
+    for key, opts in [
+        ("webp_ll_m4", {"lossless": True, "quality": 100, "method": 4}),
+        ("webp_ll_m6", {"lossless": True, "quality": 100, "method": 6}),
+        ("webp_q75", {"quality": 75, "alpha_quality": 100, "method": 4}),
+        ("webp_q80", {"quality": 80, "alpha_quality": 100, "method": 4}),
+        ("webp_q90", {"quality": 90, "alpha_quality": 100, "method": 4}),
+    ]:
         put(key, *_save(image, "WEBP", **opts))
     for key, q in [("avif_q50", 50), ("avif_q75", 75)]:
         put(key, *_save(image, "AVIF", quality=q, **AVIF_OPTIONS))
 
-    spec = IconSpec(name=name, slug=Path(name).stem, url=path.as_uri(), alt=name, settings=EncodeSettings(display=0), line=0)
+    spec = IconSpec(
+        name=name, slug=Path(name).stem, url=path.as_uri(), alt=name, settings=EncodeSettings(display=0), line=0
+    )
     t = time.perf_counter()
     encoded = enc.encode_icon(SourceIcon(spec=spec, data=data, origin=Origin.LOCAL))
     ms = (time.perf_counter() - t) * 1000
@@ -234,13 +255,15 @@ def measure(task: tuple[str, str, str, bool, bool]) -> dict:
     record["pipeline_variants"] = [f"{v.format} {v.detail} {len(v.data)}" for v in variants]
 
     if use_cwebp:
-        for key, args in [("cwebp_q80", ["-q", "80", "-alpha_q", "100", "-m", "4"]),
-                          ("cwebp_ll", ["-lossless"]),
-                          ("cwebp_ll_q100", ["-lossless", "-q", "100", "-m", "4"]),
-                          # near-lossless: not reachable through Pillow's WebP options (Pillow 13)
-                          ("cwebp_nl60", ["-lossless", "-near_lossless", "60", "-q", "100", "-m", "4"]),
-                          ("cwebp_nl40", ["-lossless", "-near_lossless", "40", "-q", "100", "-m", "4"]),
-                          ("cwebp_nl20", ["-lossless", "-near_lossless", "20", "-q", "100", "-m", "4"])]:
+        for key, args in [
+            ("cwebp_q80", ["-q", "80", "-alpha_q", "100", "-m", "4"]),
+            ("cwebp_ll", ["-lossless"]),
+            ("cwebp_ll_q100", ["-lossless", "-q", "100", "-m", "4"]),
+            # near-lossless: not reachable through Pillow's WebP options (Pillow 13)
+            ("cwebp_nl60", ["-lossless", "-near_lossless", "60", "-q", "100", "-m", "4"]),
+            ("cwebp_nl40", ["-lossless", "-near_lossless", "40", "-q", "100", "-m", "4"]),
+            ("cwebp_nl20", ["-lossless", "-near_lossless", "20", "-q", "100", "-m", "4"]),
+        ]:
             out, ms, wall = _cwebp(path, args)
             put(key, out, ms, wall_ms=round(wall, 3))
 
@@ -265,13 +288,22 @@ def sweep_icon(image: Image.Image, best, webp) -> dict:
             grid.append([len(data), quality(image, data), round(ms, 2)])
         out[fmt] = grid
     at_choice = {}
-    for variant, fmt, slower in ((best, "avif", {**AVIF_OPTIONS, "speed": 6}),
-                                 (webp, "webp", {"alpha_quality": 100, "method": 6})):
+    for variant, fmt, slower in (
+        (best, "avif", {**AVIF_OPTIONS, "speed": 6}),
+        (webp, "webp", {"alpha_quality": 100, "method": 6}),
+    ):
         if variant is not None and variant.format == fmt and variant.detail.startswith("q"):
             q = int(variant.detail[1:])
             data, ms = _save(image, fmt.upper(), quality=q, **slower)
-            at_choice[fmt] = {"q": q, "bytes": len(data), "ssim": quality(image, data), "ms": round(ms, 2),
-                              "fast_bytes": out[fmt][q][0], "fast_ssim": out[fmt][q][1], "fast_ms": out[fmt][q][2]}
+            at_choice[fmt] = {
+                "q": q,
+                "bytes": len(data),
+                "ssim": quality(image, data),
+                "ms": round(ms, 2),
+                "fast_bytes": out[fmt][q][0],
+                "fast_ssim": out[fmt][q][1],
+                "fast_ms": out[fmt][q][2],
+            }
     out["slower_at_choice"] = at_choice
     return out
 
@@ -290,11 +322,18 @@ def summarise(records: list[dict]) -> dict:
         ssims = [x["ssim"] for _, x in rows]
         per_icon = [x["bytes"] / s for s, x in rows]
         out[key] = {
-            "label": label, "n": len(rows), "source_bytes": src, "output_bytes": dst, "ratio": dst / src,
-            "median_icon_ratio": statistics.median(per_icon), "max_icon_ratio": max(per_icon),
-            "icons_over_50pct": sum(p > 0.5 for p in per_icon), "icons_over_70pct": sum(p > 0.7 for p in per_icon),
+            "label": label,
+            "n": len(rows),
+            "source_bytes": src,
+            "output_bytes": dst,
+            "ratio": dst / src,
+            "median_icon_ratio": statistics.median(per_icon),
+            "max_icon_ratio": max(per_icon),
+            "icons_over_50pct": sum(p > 0.5 for p in per_icon),
+            "icons_over_70pct": sum(p > 0.7 for p in per_icon),
             "icons_not_smaller": sum(p >= 1.0 for p in per_icon),
-            "mean_ssim": statistics.fmean(ssims), "min_ssim": min(ssims),
+            "mean_ssim": statistics.fmean(ssims),
+            "min_ssim": min(ssims),
             "below_floor": sum(s < FLOOR for s in ssims),
             "median_ms": statistics.median(x["ms"] for _, x in rows),
             "p90_ms": float(np.percentile([x["ms"] for _, x in rows], 90)),
@@ -309,22 +348,31 @@ def summarise(records: list[dict]) -> dict:
 def cwebp_comparison(records: list[dict]) -> list[dict]:
     out = []
     for ours, theirs in CWEBP_PAIRS:
-        pairs = [(r["results"][ours], r["results"][theirs]) for r in records
-                 if ours in r["results"] and theirs in r["results"]]
+        pairs = [
+            (r["results"][ours], r["results"][theirs])
+            for r in records
+            if ours in r["results"] and theirs in r["results"]
+        ]
         if not pairs:
             continue
         ratios = [a["bytes"] / b["bytes"] for a, b in pairs]
-        out.append({
-            "ours": ours, "cwebp": theirs, "n": len(pairs),
-            "bytes_ratio_total": sum(a["bytes"] for a, _ in pairs) / sum(b["bytes"] for _, b in pairs),
-            "bytes_ratio_median": statistics.median(ratios), "bytes_ratio_min": min(ratios), "bytes_ratio_max": max(ratios),
-            "identical_size": sum(a["bytes"] == b["bytes"] for a, b in pairs),
-            "ours_median_ms": statistics.median(a["ms"] for a, _ in pairs),
-            "cwebp_median_encode_ms": statistics.median(b["ms"] for _, b in pairs),
-            "cwebp_median_wall_ms": statistics.median(b["wall_ms"] for _, b in pairs),
-            "ours_mean_ssim": statistics.fmean(a["ssim"] for a, _ in pairs),
-            "cwebp_mean_ssim": statistics.fmean(b["ssim"] for _, b in pairs),
-        })
+        out.append(
+            {
+                "ours": ours,
+                "cwebp": theirs,
+                "n": len(pairs),
+                "bytes_ratio_total": sum(a["bytes"] for a, _ in pairs) / sum(b["bytes"] for _, b in pairs),
+                "bytes_ratio_median": statistics.median(ratios),
+                "bytes_ratio_min": min(ratios),
+                "bytes_ratio_max": max(ratios),
+                "identical_size": sum(a["bytes"] == b["bytes"] for a, b in pairs),
+                "ours_median_ms": statistics.median(a["ms"] for a, _ in pairs),
+                "cwebp_median_encode_ms": statistics.median(b["ms"] for _, b in pairs),
+                "cwebp_median_wall_ms": statistics.median(b["wall_ms"] for _, b in pairs),
+                "ours_mean_ssim": statistics.fmean(a["ssim"] for a, _ in pairs),
+                "cwebp_mean_ssim": statistics.fmean(b["ssim"] for _, b in pairs),
+            }
+        )
     return out
 
 
@@ -351,8 +399,14 @@ def with_near_lossless(records: list[dict]) -> dict | None:
         webp_total += webp
         best_over += best > 0.5 * r["source_bytes"]
         webp_over += webp > 0.7 * r["source_bytes"]
-    return {"best_ratio": best_total / src, "best_over_50pct": best_over, "webp_ratio": webp_total / src,
-            "webp_over_70pct": webp_over, "near_lossless_chosen": used, "n": len(records)}
+    return {
+        "best_ratio": best_total / src,
+        "best_over_50pct": best_over,
+        "webp_ratio": webp_total / src,
+        "webp_over_70pct": webp_over,
+        "near_lossless_chosen": used,
+        "n": len(records),
+    }
 
 
 def pipeline_breakdown(records: list[dict]) -> dict:
@@ -362,17 +416,29 @@ def pipeline_breakdown(records: list[dict]) -> dict:
             fmt, _, how = r["results"][slot]["detail"].partition(" ")
             kind = f"{slot.split('_')[1]}={fmt} {'lossless' if how == 'lossless' else 'lossy' if how.startswith('q') else how}"
             kinds[kind] = kinds.get(kind, 0) + 1
-    webp_q = [int(r["results"]["pipe_webp"]["detail"].split(" q")[1]) for r in records
-              if r["results"]["pipe_webp"]["detail"].startswith("webp q")]
-    avif_q = [int(r["results"]["pipe_best"]["detail"].split(" q")[1]) for r in records
-              if r["results"]["pipe_best"]["detail"].startswith("avif q")]
+    webp_q = [
+        int(r["results"]["pipe_webp"]["detail"].split(" q")[1])
+        for r in records
+        if r["results"]["pipe_webp"]["detail"].startswith("webp q")
+    ]
+    avif_q = [
+        int(r["results"]["pipe_best"]["detail"].split(" q")[1])
+        for r in records
+        if r["results"]["pipe_best"]["detail"].startswith("avif q")
+    ]
 
     def dist(qs: list[int]) -> dict:
         if not qs:
             return {"n": 0}
-        return {"n": len(qs), "min": min(qs), "p10": float(np.percentile(qs, 10)), "median": statistics.median(qs),
-                "p90": float(np.percentile(qs, 90)), "max": max(qs),
-                "at_range_top": sum(q >= 90 for q in qs)}
+        return {
+            "n": len(qs),
+            "min": min(qs),
+            "p10": float(np.percentile(qs, 10)),
+            "median": statistics.median(qs),
+            "p90": float(np.percentile(qs, 90)),
+            "max": max(qs),
+            "at_range_top": sum(q >= 90 for q in qs),
+        }
 
     return {"choices": dict(sorted(kinds.items())), "webp_lossy_quality": dist(webp_q), "avif_quality": dist(avif_q)}
 
@@ -431,21 +497,31 @@ def sweep_report(records: list[dict]) -> dict | None:
     out: dict = {
         "n": len(records),
         # the replay must reproduce encode_icon byte for byte, or the what-ifs mean nothing
-        "replay_matches_pipeline": sum(c["best"] == r["results"]["pipe_best"]["bytes"] and
-                                       c["webp"] == r["results"]["pipe_webp"]["bytes"] for c, r in zip(current, records)),
+        "replay_matches_pipeline": sum(
+            c["best"] == r["results"]["pipe_best"]["bytes"] and c["webp"] == r["results"]["pipe_webp"]["bytes"]
+            for c, r in zip(current, records)
+        ),
         "policies": [],
     }
     if (enc.WEBP_QUALITIES, enc.AVIF_QUALITIES) != ((30, 98), (30, 95)):
-        out["note"] = f"pipeline ranges are now {enc.WEBP_QUALITIES} / {enc.AVIF_QUALITIES}; 'current' replays (30, 98) / (30, 95)"
+        out["note"] = (
+            f"pipeline ranges are now {enc.WEBP_QUALITIES} / {enc.AVIF_QUALITIES}; 'current' replays (30, 98) / (30, 95)"
+        )
     for label, wr, ar, how in POLICIES:
         runs = [replay(r, wr, ar, how) for r in records]
-        out["policies"].append({
-            "label": label, "webp_range": wr, "avif_range": ar, "search": how,
-            "best_ratio": sum(x["best"] for x in runs) / src, "webp_ratio": sum(x["webp"] for x in runs) / src,
-            "best_over_50pct": sum(x["best"] > 0.5 * r["source_bytes"] for x, r in zip(runs, records)),
-            "webp_over_70pct": sum(x["webp"] > 0.7 * r["source_bytes"] for x, r in zip(runs, records)),
-            "lossy_encodes_per_icon": statistics.fmean(x["encodes"] for x in runs),
-        })
+        out["policies"].append(
+            {
+                "label": label,
+                "webp_range": wr,
+                "avif_range": ar,
+                "search": how,
+                "best_ratio": sum(x["best"] for x in runs) / src,
+                "webp_ratio": sum(x["webp"] for x in runs) / src,
+                "best_over_50pct": sum(x["best"] > 0.5 * r["source_bytes"] for x, r in zip(runs, records)),
+                "webp_over_70pct": sum(x["webp"] > 0.7 * r["source_bytes"] for x, r in zip(runs, records)),
+                "lossy_encodes_per_icon": statistics.fmean(x["encodes"] for x in runs),
+            }
+        )
     for fmt in ("webp", "avif"):
         grids = [r["sweep"][fmt] for r in records]
         passing = [[q for q in range(101) if g[q][1] >= FLOOR] for g in grids]
@@ -455,16 +531,24 @@ def sweep_report(records: list[dict]) -> dict | None:
             # SSIM not monotone in q: some q passes while a higher q fails
             "non_monotone": sum(bool(p) and p != list(range(p[0], 101)) for p in passing),
             "passes_at_q0": sum(bool(p) and p[0] == 0 for p in passing),
-            "lowest_passing_q": dict(zip(("p10", "median", "p90"),
-                                         (np.percentile([p[0] for p in passing if p], [10, 50, 90]).tolist()
-                                          if any(passing) else [None] * 3))),
+            "lowest_passing_q": dict(
+                zip(
+                    ("p10", "median", "p90"),
+                    (
+                        np.percentile([p[0] for p in passing if p], [10, 50, 90]).tolist()
+                        if any(passing)
+                        else [None] * 3
+                    ),
+                )
+            ),
             "median_encode_ms": statistics.median(g[q][2] for g in grids for q in range(101)),
         }
     for fmt, label in (("avif", "AVIF speed 6 vs 8"), ("webp", "WebP lossy method 6 vs 4")):
         rows = [r["sweep"]["slower_at_choice"][fmt] for r in records if fmt in r["sweep"]["slower_at_choice"]]
         if rows:
             out[f"slower_{fmt}"] = {
-                "label": label, "n": len(rows),
+                "label": label,
+                "n": len(rows),
                 "bytes_ratio_slow_over_fast": sum(x["bytes"] for x in rows) / sum(x["fast_bytes"] for x in rows),
                 "median_ms_slow": statistics.median(x["ms"] for x in rows),
                 "median_ms_fast": statistics.median(x["fast_ms"] for x in rows),
@@ -474,34 +558,44 @@ def sweep_report(records: list[dict]) -> dict | None:
 
 
 def print_sweep(rep: dict) -> None:
-    print(f"  what-if replay over the full q grid ({rep['n']} icons; replay reproduces encode_icon on "
-          f"{rep['replay_matches_pipeline']}/{rep['n']}){' - ' + rep['note'] if 'note' in rep else ''}:")
+    print(
+        f"  what-if replay over the full q grid ({rep['n']} icons; replay reproduces encode_icon on "
+        f"{rep['replay_matches_pipeline']}/{rep['n']}){' - ' + rep['note'] if 'note' in rep else ''}:"
+    )
     print(f"    {'policy':<36} {'best':>6} {'>50%':>5} {'WebP':>6} {'>70%':>5} {'lossy encodes':>13}")
     for p in rep["policies"]:
-        print(f"    {p['label']:<36} {p['best_ratio']:>6.1%} {p['best_over_50pct']:>5} {p['webp_ratio']:>6.1%} "
-              f"{p['webp_over_70pct']:>5} {p['lossy_encodes_per_icon']:>13.1f}")
+        print(
+            f"    {p['label']:<36} {p['best_ratio']:>6.1%} {p['best_over_50pct']:>5} {p['webp_ratio']:>6.1%} "
+            f"{p['webp_over_70pct']:>5} {p['lossy_encodes_per_icon']:>13.1f}"
+        )
     for fmt in ("webp", "avif"):
         g = rep[f"{fmt}_grid"]
         lp = g["lowest_passing_q"]
-        print(f"    {fmt} lossy grid: never >= {FLOOR} at any q: {g['never_passes_q0_100']} (at q<=98: "
-              f"{g['never_passes_below_q99']}); passes at q0: {g['passes_at_q0']}; non-monotone in q: "
-              f"{g['non_monotone']}; lowest passing q p10/median/p90 "
-              f"{'/'.join('-' if lp[k] is None else f'{lp[k]:.0f}' for k in ('p10', 'median', 'p90'))}; "
-              f"median encode {g['median_encode_ms']:.1f} ms")
+        print(
+            f"    {fmt} lossy grid: never >= {FLOOR} at any q: {g['never_passes_q0_100']} (at q<=98: "
+            f"{g['never_passes_below_q99']}); passes at q0: {g['passes_at_q0']}; non-monotone in q: "
+            f"{g['non_monotone']}; lowest passing q p10/median/p90 "
+            f"{'/'.join('-' if lp[k] is None else f'{lp[k]:.0f}' for k in ('p10', 'median', 'p90'))}; "
+            f"median encode {g['median_encode_ms']:.1f} ms"
+        )
     for fmt in ("avif", "webp"):
         x = rep.get(f"slower_{fmt}")
         if x:
-            print(f"    {x['label']} at the chosen q ({x['n']} icons): bytes {x['bytes_ratio_slow_over_fast']:.3f}x, "
-                  f"{x['median_ms_slow']:.1f} vs {x['median_ms_fast']:.1f} ms, below floor after the switch: "
-                  f"{x['slow_below_floor']}")
+            print(
+                f"    {x['label']} at the chosen q ({x['n']} icons): bytes {x['bytes_ratio_slow_over_fast']:.3f}x, "
+                f"{x['median_ms_slow']:.1f} vs {x['median_ms_fast']:.1f} ms, below floor after the switch: "
+                f"{x['slow_below_floor']}"
+            )
 
 
 # ---- printing -----------------------------------------------------------------------------------
 
 
 def print_table(title: str, summary: dict) -> None:
-    head = f"{'strategy':<28} {'n':>4} {'src KB':>8} {'out KB':>8} {'out/src':>7} {'>50%':>5} {'>70%':>5} " \
-           f"{'mean SSIM':>9} {'min SSIM':>8} {'<0.98':>5} {'med ms':>7}"
+    head = (
+        f"{'strategy':<28} {'n':>4} {'src KB':>8} {'out KB':>8} {'out/src':>7} {'>50%':>5} {'>70%':>5} "
+        f"{'mean SSIM':>9} {'min SSIM':>8} {'<0.98':>5} {'med ms':>7}"
+    )
     print(f"\n== {title} ==")
     print(head)
     print("-" * len(head))
@@ -514,42 +608,60 @@ def print_table(title: str, summary: dict) -> None:
         group = g
         s = summary[key]
         ms = f"{s['median_ms']:7.1f}" if key in ("pipe_best",) or not key.startswith("pipe") else "      ·"
-        print(f"{label:<28} {s['n']:>4} {s['source_bytes'] / 1000:>8.1f} {s['output_bytes'] / 1000:>8.1f} "
-              f"{s['ratio']:>7.1%} {s['icons_over_50pct']:>5} {s['icons_over_70pct']:>5} {s['mean_ssim']:>9.4f} "
-              f"{s['min_ssim']:>8.4f} {s['below_floor']:>5} {ms}")
+        print(
+            f"{label:<28} {s['n']:>4} {s['source_bytes'] / 1000:>8.1f} {s['output_bytes'] / 1000:>8.1f} "
+            f"{s['ratio']:>7.1%} {s['icons_over_50pct']:>5} {s['icons_over_70pct']:>5} {s['mean_ssim']:>9.4f} "
+            f"{s['min_ssim']:>8.4f} {s['below_floor']:>5} {ms}"
+        )
 
 
 def print_extras(summary: dict, cw: list[dict], breakdown: dict, near: dict | None) -> None:
     if cw:
-        print("  Pillow vs cwebp (same files; bytes ours/cwebp; ms = encode only, cwebp's own -v timer, 1 ms resolution):")
+        print(
+            "  Pillow vs cwebp (same files; bytes ours/cwebp; ms = encode only, cwebp's own -v timer, 1 ms resolution):"
+        )
         for c in cw:
-            print(f"    {LABELS[c['ours']]:<18} / {LABELS[c['cwebp']]:<26} total {c['bytes_ratio_total']:.3f}  "
-                  f"median {c['bytes_ratio_median']:.3f} [{c['bytes_ratio_min']:.3f}..{c['bytes_ratio_max']:.3f}]  "
-                  f"same size {c['identical_size']}/{c['n']}  ms {c['ours_median_ms']:.1f} vs {c['cwebp_median_encode_ms']:.1f} "
-                  f"(cwebp process wall {c['cwebp_median_wall_ms']:.1f})")
+            print(
+                f"    {LABELS[c['ours']]:<18} / {LABELS[c['cwebp']]:<26} total {c['bytes_ratio_total']:.3f}  "
+                f"median {c['bytes_ratio_median']:.3f} [{c['bytes_ratio_min']:.3f}..{c['bytes_ratio_max']:.3f}]  "
+                f"same size {c['identical_size']}/{c['n']}  ms {c['ours_median_ms']:.1f} vs {c['cwebp_median_encode_ms']:.1f} "
+                f"(cwebp process wall {c['cwebp_median_wall_ms']:.1f})"
+            )
     print("  pipeline choices: " + ", ".join(f"{k}: {v}" for k, v in breakdown["choices"].items()))
     for fmt in ("webp_lossy_quality", "avif_quality"):
         d = breakdown[fmt]
         if d["n"]:
-            print(f"  {fmt}: n={d['n']} min {d['min']} p10 {d['p10']:.0f} median {d['median']:.0f} p90 {d['p90']:.0f} "
-                  f"max {d['max']} (>=90: {d['at_range_top']})")
+            print(
+                f"  {fmt}: n={d['n']} min {d['min']} p10 {d['p10']:.0f} median {d['median']:.0f} p90 {d['p90']:.0f} "
+                f"max {d['max']} (>=90: {d['at_range_top']})"
+            )
     if "pipe_best" in summary:
         b, w, p = summary["pipe_best"], summary["pipe_webp"], summary["pipe_png"]
-        print(f"  pipeline encode_icon (decode + all candidates): median {b['median_ms']:.0f} ms, p90 {b['p90_ms']:.0f} ms per icon")
+        print(
+            f"  pipeline encode_icon (decode + all candidates): median {b['median_ms']:.0f} ms, p90 {b['p90_ms']:.0f} ms per icon"
+        )
         checks = [
-            (f"best <= 50% of source bytes: {b['ratio']:.1%} total, {b['icons_over_50pct']} icons over 50%",
-             b["ratio"] <= 0.5),
-            (f"WebP <= 70% of source bytes: {w['ratio']:.1%} total, {w['icons_over_70pct']} icons over 70%",
-             w["ratio"] <= 0.7),
-            (f"no icon below SSIM {FLOOR}: best {b['below_floor']}, WebP {w['below_floor']}, PNG {p['below_floor']}",
-             b["below_floor"] == w["below_floor"] == p["below_floor"] == 0),
+            (
+                f"best <= 50% of source bytes: {b['ratio']:.1%} total, {b['icons_over_50pct']} icons over 50%",
+                b["ratio"] <= 0.5,
+            ),
+            (
+                f"WebP <= 70% of source bytes: {w['ratio']:.1%} total, {w['icons_over_70pct']} icons over 70%",
+                w["ratio"] <= 0.7,
+            ),
+            (
+                f"no icon below SSIM {FLOOR}: best {b['below_floor']}, WebP {w['below_floor']}, PNG {p['below_floor']}",
+                b["below_floor"] == w["below_floor"] == p["below_floor"] == 0,
+            ),
         ]
         for text, ok in checks:
             print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
     if near:
-        print(f"  what-if, + a near-lossless WebP candidate (smallest of cwebp NL 60/40/20 keeping the floor; chosen "
-              f"for {near['near_lossless_chosen']}/{near['n']} icons): best {near['best_ratio']:.1%} "
-              f"({near['best_over_50pct']} over 50%), WebP {near['webp_ratio']:.1%} ({near['webp_over_70pct']} over 70%)")
+        print(
+            f"  what-if, + a near-lossless WebP candidate (smallest of cwebp NL 60/40/20 keeping the floor; chosen "
+            f"for {near['near_lossless_chosen']}/{near['n']} icons): best {near['best_ratio']:.1%} "
+            f"({near['best_over_50pct']} over 50%), WebP {near['webp_ratio']:.1%} ({near['webp_over_70pct']} over 70%)"
+        )
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -565,31 +677,52 @@ def environment(use_cwebp: bool) -> dict:
     encode_py = (ROOT / "pipeline" / "encode.py").read_bytes()
     git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
     return {
-        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "pillow": Image.__version__, "libwebp": features.version("webp"), "libavif": features.version("avif"),
-        "pyoxipng": version("pyoxipng"), "numpy": np.__version__,
-        "cwebp": subprocess.run(["cwebp", "-version"], capture_output=True, text=True).stdout.strip() if use_cwebp else None,
-        "git_head": git("rev-parse", "HEAD"), "encode_py_sha256": hashlib.sha256(encode_py).hexdigest(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "pillow": Image.__version__,
+        "libwebp": features.version("webp"),
+        "libavif": features.version("avif"),
+        "pyoxipng": version("pyoxipng"),
+        "numpy": np.__version__,
+        "cwebp": subprocess.run(["cwebp", "-version"], capture_output=True, text=True).stdout.strip()
+        if use_cwebp
+        else None,
+        "git_head": git("rev-parse", "HEAD"),
+        "encode_py_sha256": hashlib.sha256(encode_py).hexdigest(),
         "encode_py_modified": bool(git("status", "--porcelain", "pipeline/encode.py")),
-        "encoder_version": enc.ENCODER_VERSION, "encode_settings": asdict(EncodeSettings()),
-        "webp_qualities": list(enc.WEBP_QUALITIES), "avif_qualities": list(enc.AVIF_QUALITIES),
+        "encoder_version": enc.ENCODER_VERSION,
+        "encode_settings": asdict(EncodeSettings()),
+        "webp_qualities": list(enc.WEBP_QUALITIES),
+        "avif_qualities": list(enc.AVIF_QUALITIES),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", choices=("auto", "default", "npm"), default=None,
-                        help="default: icons/ only; npm: icons/ + the npm emoji sample; auto (the default "
-                             "without --quick): npm when npm works")
+    parser.add_argument(
+        "--corpus",
+        choices=("auto", "default", "npm"),
+        default=None,
+        help="default: icons/ only; npm: icons/ + the npm emoji sample; auto (the default "
+        "without --quick): npm when npm works",
+    )
     parser.add_argument("--quick", action="store_true", help="icons/ only unless --corpus npm is given")
     parser.add_argument("--limit", type=int, default=400, help="npm icons to sample, half per set (0 = all)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--no-cwebp", action="store_true", help="skip the cwebp rows")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also encode every quality 0..100 (WebP, AVIF) per icon and replay other search "
-                             "ranges and slower settings offline (~2 s more per icon per core)")
-    parser.add_argument("--sweep-limit", type=int, default=200,
-                        help="npm icons to sweep, half per set, the first of the sample (0 = all sampled)")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also encode every quality 0..100 (WebP, AVIF) per icon and replay other search "
+        "ranges and slower settings offline (~2 s more per icon per core)",
+    )
+    parser.add_argument(
+        "--sweep-limit",
+        type=int,
+        default=200,
+        help="npm icons to sweep, half per set, the first of the sample (0 = all sampled)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -622,8 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     for items in corpora.values():
         for s, n, p in items:
             k = per_set[s] = per_set.get(s, 0) + 1
-            swept = args.sweep and (s == "default" or args.sweep_limit <= 0 or
-                                    k <= args.sweep_limit // len(NPM_PACKAGES))
+            swept = args.sweep and (
+                s == "default" or args.sweep_limit <= 0 or k <= args.sweep_limit // len(NPM_PACKAGES)
+            )
             tasks.append((s, n, str(p), use_cwebp, swept))
     records: list[dict] = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -633,10 +767,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {i}/{len(tasks)} icons", file=sys.stderr, flush=True)
     measured = time.perf_counter()
 
-    results: dict = {"environment": environment(use_cwebp), "floor": FLOOR, "jobs": args.jobs,
-                     "npm": npm_meta, "corpora": {}}
-    by_corpus = {"default": [r for r in records if r["set"] == "default"],
-                 "npm": [r for r in records if r["set"] != "default"]}
+    results: dict = {
+        "environment": environment(use_cwebp),
+        "floor": FLOOR,
+        "jobs": args.jobs,
+        "npm": npm_meta,
+        "corpora": {},
+    }
+    by_corpus = {
+        "default": [r for r in records if r["set"] == "default"],
+        "npm": [r for r in records if r["set"] != "default"],
+    }
     by_corpus.update({f"npm/{s}": [r for r in records if r["set"] == s] for s in NPM_PACKAGES})
     for name, recs in by_corpus.items():
         if not recs:
@@ -645,11 +786,19 @@ def main(argv: list[str] | None = None) -> int:
         near = with_near_lossless(recs)
         cw = cwebp_comparison(recs)
         breakdown = pipeline_breakdown(recs)
-        results["corpora"][name] = {"n": len(recs), "summary": summary, "cwebp_vs_pillow": cw,
-                                    "pipeline": breakdown, "near_lossless_whatif": near, "icons": recs if "/" not in name else None}
+        results["corpora"][name] = {
+            "n": len(recs),
+            "summary": summary,
+            "cwebp_vs_pillow": cw,
+            "pipeline": breakdown,
+            "near_lossless_whatif": near,
+            "icons": recs if "/" not in name else None,
+        }
         title = f"{name}: {len(recs)} icons"
         if name == "npm" and npm_meta:
-            title += " (sample of " + ", ".join(f"{s} {m['sampled']}/{m['available']}" for s, m in npm_meta.items()) + ")"
+            title += (
+                " (sample of " + ", ".join(f"{s} {m['sampled']}/{m['available']}" for s, m in npm_meta.items()) + ")"
+            )
         print_table(title, summary)
         print_extras(summary, cw, breakdown, near)
         sweep = sweep_report(recs)
@@ -659,19 +808,28 @@ def main(argv: list[str] | None = None) -> int:
 
     env = results["environment"]
     results["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
-    results["seconds"] = {"fetch": round(fetched - started, 2), "measure": round(measured - fetched, 2),
-                          "total": round(time.perf_counter() - started, 2)}
-    print(f"\nPillow {env['pillow']} (libwebp {env['libwebp']}, libavif {env['libavif']}), "
-          f"cwebp {env['cwebp'] or 'not used'}, pyoxipng {env['pyoxipng']}; "
-          f"encode.py {env['encode_py_sha256'][:12]}{' (modified)' if env['encode_py_modified'] else ''}; "
-          f"{args.jobs} workers on {env['cpus']} cpus; load average before {load_before[0]:.1f}, "
-          f"after {os.getloadavg()[0]:.1f} (times are only comparable on an idle machine)")
-    print("ms: median per icon, one encode, pixels already decoded; pipeline rows share one encode_icon call "
-          "(decode included), shown once. >50%/>70%: icons whose output exceeds that share of their source.")
+    results["seconds"] = {
+        "fetch": round(fetched - started, 2),
+        "measure": round(measured - fetched, 2),
+        "total": round(time.perf_counter() - started, 2),
+    }
+    print(
+        f"\nPillow {env['pillow']} (libwebp {env['libwebp']}, libavif {env['libavif']}), "
+        f"cwebp {env['cwebp'] or 'not used'}, pyoxipng {env['pyoxipng']}; "
+        f"encode.py {env['encode_py_sha256'][:12]}{' (modified)' if env['encode_py_modified'] else ''}; "
+        f"{args.jobs} workers on {env['cpus']} cpus; load average before {load_before[0]:.1f}, "
+        f"after {os.getloadavg()[0]:.1f} (times are only comparable on an idle machine)"
+    )
+    print(
+        "ms: median per icon, one encode, pixels already decoded; pipeline rows share one encode_icon call "
+        "(decode included), shown once. >50%/>70%: icons whose output exceeds that share of their source."
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output} "
-          f"in {results['seconds']['total']:.1f} s (fetch {results['seconds']['fetch']:.1f} s)")
+    print(
+        f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output} "
+        f"in {results['seconds']['total']:.1f} s (fetch {results['seconds']['fetch']:.1f} s)"
+    )
     return 0
 
 

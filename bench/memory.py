@@ -43,8 +43,12 @@ def status_kb(pid: int, field: str) -> int:
 
 
 def daemon_rss(site: Path) -> dict[str, float]:
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "refresh", "--offline", "--interval", "1h",
-                                "--site", str(site)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "refresh", "--offline", "--interval", "1h", "--site", str(site)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert process.stdout is not None
         process.stdout.readline()  # the banner
@@ -61,8 +65,12 @@ def daemon_rss(site: Path) -> dict[str, float]:
 
 def build_peak(site: Path, *args: str) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site), *args],
-                   check=True, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site), *args],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(before, after) / 1024
 

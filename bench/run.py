@@ -1,7 +1,7 @@
 """Every benchmark, one after the other, and one summary of the headline figures.
 
-    python bench/run.py                      # all four, full size (about 12 min on 2 idle cores)
-    python bench/run.py --quick              # all four, small and fast (under a minute idle)
+    python bench/run.py                      # all five, full size (about 16 min on 2 idle cores)
+    python bench/run.py --quick              # all five, small and fast (a few minutes idle)
     python bench/run.py --only build_times,memory
 
 Runs, each as its own subprocess (so one that fails or hangs does not hide the others; a failure
@@ -12,11 +12,12 @@ process group, by PID):
   build_times      cold / no-op / changed builds, 1 -> all cores     -> bench/results/build_times.json
   serve            nginx requests/s, gzip_static vs plain             -> bench/results/serve.json
   memory           refresh daemon idle/peak RSS, build peak RSS       -> bench/results/memory.json
+  icon_sizes       icon bytes per DPR, resizing off/on; page before/after; cold encode -> bench/results/icon_sizes.json
 
 then prints one table of the headline figures with the machine's core count and load average, and
 writes bench/results/summary.json. A results file missing shows as "not run"; one not rewritten by
 this invocation (a failed bench, or left out by --only) is shown with its date, marked "old".
---quick is passed to encode_settings and build_times, and to serve and memory where their --help
+--quick is passed to encode_settings, build_times and icon_sizes, and to serve and memory where their --help
 offers it (serve otherwise gets --duration 2s --repeat 1); with --quick, every bench that takes an
 output path (--output / --json) writes to bench/results/quick/ instead, so a quick run never
 overwrites the full results. Each bench's output is also kept in bench/results/logs/NAME.log.
@@ -44,9 +45,14 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 QUICK = RESULTS / "quick"  # where --quick puts the results of benches that take an output path
 LOGS = RESULTS / "logs"
-BENCHES = ("encode_settings", "build_times", "serve", "memory")
+BENCHES = ("encode_settings", "build_times", "serve", "memory", "icon_sizes", "publish_bucket")
 TIME_LIMIT = {  # seconds per bench: (quick, full)
-    "encode_settings": (600, 3600), "build_times": (900, 7200), "serve": (600, 1200), "memory": (600, 1200),
+    "encode_settings": (600, 3600),
+    "build_times": (900, 7200),
+    "serve": (600, 1200),
+    "memory": (600, 1200),
+    "icon_sizes": (600, 1800),
+    "publish_bucket": (900, 3600),
 }
 
 
@@ -56,8 +62,9 @@ TIME_LIMIT = {  # seconds per bench: (quick, full)
 def help_text(script: Path) -> str:
     """A bench's --help (the benches are edited independently: ask them what they offer)."""
     try:
-        done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
-                              cwd=ROOT, timeout=60)
+        done = subprocess.run(
+            [sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout if done.returncode == 0 else ""
@@ -70,7 +77,7 @@ def arguments(name: str, quick: bool) -> tuple[list[str], Path]:
     if not quick:
         return [], RESULTS / f"{name}.json"
     text = help_text(script)
-    args = ["--quick"] if name in ("encode_settings", "build_times") or "--quick" in text else []
+    args = ["--quick"] if name in ("encode_settings", "build_times", "icon_sizes") or "--quick" in text else []
     if name == "serve" and not args:
         args = ["--duration", "2s", "--repeat", "1"]
     target = RESULTS / f"{name}.json"
@@ -92,14 +99,26 @@ def run_bench(name: str, args: list[str], limit: float) -> dict[str, Any]:
     log_path = LOGS / f"{name}.log"
     print(f"\n=== {name}: {' '.join(shown)} (limit {limit:.0f}s) ===", flush=True)
     if not script.exists():
-        return {"status": "missing", "exit_code": None, "seconds": 0.0, "command": shown,
-                "tail": [f"{shown[1]} does not exist"]}
+        return {
+            "status": "missing",
+            "exit_code": None,
+            "seconds": 0.0,
+            "command": shown,
+            "tail": [f"{shown[1]} does not exist"],
+        }
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=25)
     timed_out = threading.Event()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-                               errors="replace")
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+        errors="replace",
+    )
 
     def stop() -> None:
         timed_out.set()
@@ -123,8 +142,14 @@ def run_bench(name: str, args: list[str], limit: float) -> dict[str, Any]:
         watchdog.cancel()
     seconds = time.perf_counter() - started
     status = "timeout" if timed_out.is_set() else ("ok" if process.returncode == 0 else "failed")
-    return {"status": status, "exit_code": process.returncode, "seconds": round(seconds, 1), "command": shown,
-            "log": str(log_path.relative_to(ROOT)), "tail": list(tail) if status != "ok" else []}
+    return {
+        "status": status,
+        "exit_code": process.returncode,
+        "seconds": round(seconds, 1),
+        "command": shown,
+        "log": str(log_path.relative_to(ROOT)),
+        "tail": list(tail) if status != "ok" else [],
+    }
 
 
 def stop_group(process: subprocess.Popen[str]) -> None:
@@ -149,8 +174,11 @@ def load(path: Path, since: float) -> tuple[dict[str, Any] | None, dict[str, Any
     if not path.exists():
         return None, {"file": str(path.relative_to(ROOT)), "state": "not run"}
     mtime = path.stat().st_mtime
-    info = {"file": str(path.relative_to(ROOT)), "state": "fresh" if mtime >= since else "old",
-            "written": dt.datetime.fromtimestamp(mtime).isoformat(timespec="seconds")}
+    info = {
+        "file": str(path.relative_to(ROOT)),
+        "state": "fresh" if mtime >= since else "old",
+        "written": dt.datetime.fromtimestamp(mtime).isoformat(timespec="seconds"),
+    }
     try:
         return json.loads(path.read_text(encoding="utf-8")), info
     except (OSError, ValueError) as error:
@@ -183,8 +211,12 @@ def headline_encode(data: dict[str, Any]) -> list[tuple[str, str]]:
         ssims = [s for s in ssims if s is not None]
         below = sum(dig(summary, k, "below_floor", default=0) for k in ("pipe_best", "pipe_webp", "pipe_png"))
         if ssims:
-            rows.append((f"min SSIM, {corpus} (floor {data.get('floor', 0.98)})",
-                         f"{min(ssims):.4f}; {below} variant(s) below the floor"))
+            rows.append(
+                (
+                    f"min SSIM, {corpus} (floor {data.get('floor', 0.98)})",
+                    f"{min(ssims):.4f}; {below} variant(s) below the floor",
+                )
+            )
     return rows
 
 
@@ -196,21 +228,43 @@ def headline_build(data: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"build, {site} site", f"skipped: {info['skipped']}"))
             continue
         scenarios = info.get("scenarios", {})
-        parts = [f"{label} {dig(scenarios, key, 'median_wall_s'):.2f}s" for key, label in
-                 (("cold", "cold"), ("noop", "no-op"), ("icon", "1 icon changed"), ("code", "1 code added"),
-                  ("cold-j1", "cold --jobs 1")) if dig(scenarios, key, "median_wall_s") is not None]
+        parts = [
+            f"{label} {dig(scenarios, key, 'median_wall_s'):.2f}s"
+            for key, label in (
+                ("cold", "cold"),
+                ("noop", "no-op"),
+                ("icon", "1 icon changed"),
+                ("code", "1 code added"),
+                ("cold-j1", "cold --jobs 1"),
+            )
+            if dig(scenarios, key, "median_wall_s") is not None
+        ]
         problems = sorted({p for s in scenarios.values() for p in s.get("problems", [])})
-        rows.append((f"build wall, {site} site ({info.get('icons', '?')} icons, median of {runs})",
-                     ", ".join(parts) + (f"  !! {'; '.join(problems)}" if problems else "")))
+        rows.append(
+            (
+                f"build wall, {site} site ({info.get('icons', '?')} icons, median of {runs})",
+                ", ".join(parts) + (f"  !! {'; '.join(problems)}" if problems else ""),
+            )
+        )
     speedup = data.get("speedup")
     if speedup:
         capacity = speedup.get("cpu_capacity_median")
-        rows.append((f"cold speed-up, --jobs 1 -> {speedup.get('cores', '?')}",
-                     f"{speedup['ratio']:.2f}x" + (f" (machine gave {capacity:.2f} cores to a CPU loop)" if capacity else "")))
+        rows.append(
+            (
+                f"cold speed-up, --jobs 1 -> {speedup.get('cores', '?')}",
+                f"{speedup['ratio']:.2f}x"
+                + (f" (machine gave {capacity:.2f} cores to a CPU loop)" if capacity else ""),
+            )
+        )
     for v in data.get("verdicts", []):
         unit = v.get("unit", "")
-        rows.append((f"target: {v.get('label')}", f"{'PASS' if v.get('pass') else 'MISS'} {v['value']:.2f}{unit} "
-                                                  f"(target {v.get('op')} {v.get('limit')}{unit}){v.get('note', '')}"))
+        rows.append(
+            (
+                f"target: {v.get('label')}",
+                f"{'PASS' if v.get('pass') else 'MISS'} {v['value']:.2f}{unit} "
+                f"(target {v.get('op')} {v.get('limit')}{unit}){v.get('note', '')}",
+            )
+        )
     return rows
 
 
@@ -238,33 +292,131 @@ def headline_serve(data: dict[str, Any]) -> list[tuple[str, str]]:
     for name, ratio in ratios.items():
         if isinstance(ratio, dict) and ratio.get("requests_per_second") is not None:
             extra = ratio.get("server_cpu_per_request")
-            rows.append((f"ratio {name.replace('_', ' ')}",
-                         f"req/s {ratio['requests_per_second']:.2f}x, bytes/s {ratio.get('transfer_bytes_per_second', 0):.2f}x"
-                         + (f", CPU/req (inverse) {extra:.2f}x" if isinstance(extra, (int, float)) else "")))
+            rows.append(
+                (
+                    f"ratio {name.replace('_', ' ')}",
+                    f"req/s {ratio['requests_per_second']:.2f}x, bytes/s {ratio.get('transfer_bytes_per_second', 0):.2f}x"
+                    + (f", CPU/req (inverse) {extra:.2f}x" if isinstance(extra, (int, float)) else ""),
+                )
+            )
     target = data.get("target")
     if isinstance(target, dict) and "met" in target:
         goal = {k: v for k, v in target.items() if k != "met"}
-        rows.append(("target: " + ", ".join(f"{k} >= {v:g}" for k, v in goal.items() if isinstance(v, (int, float))),
-                     "PASS" if target["met"] else "MISS"))
+        rows.append(
+            (
+                "target: " + ", ".join(f"{k} >= {v:g}" for k, v in goal.items() if isinstance(v, (int, float))),
+                "PASS" if target["met"] else "MISS",
+            )
+        )
     wrk = data.get("wrk")
     if wrk:
-        rows.append(("wrk settings", f"-t{wrk.get('threads')} -c{wrk.get('connections')} -d{wrk.get('duration')}, "
-                                     f"{wrk.get('repeat')} run(s), {data.get('nginx_workers', '?')} nginx worker(s); "
-                                     f"errors {data.get('errors', '?')}"))
+        rows.append(
+            (
+                "wrk settings",
+                f"-t{wrk.get('threads')} -c{wrk.get('connections')} -d{wrk.get('duration')}, "
+                f"{wrk.get('repeat')} run(s), {data.get('nginx_workers', '?')} nginx worker(s); "
+                f"errors {data.get('errors', '?')}",
+            )
+        )
     return rows
 
 
 def headline_memory(data: dict[str, Any]) -> list[tuple[str, str]]:
-    labels = {"idle_rss_mb": "daemon idle RSS", "peak_rss_mb": "daemon peak RSS",
-              "cold_build_peak_rss_mb": "cold build peak RSS (--jobs 1)"}
+    labels = {
+        "idle_rss_mb": "daemon idle RSS",
+        "peak_rss_mb": "daemon peak RSS",
+        "cold_build_peak_rss_mb": "cold build peak RSS (--jobs 1)",
+    }
     rows = [(label, f"{data[key]:.1f} MB") for key, label in labels.items() if isinstance(data.get(key), (int, float))]
-    rows += [(key, f"{value:.1f}") for key, value in data.items()
-             if key not in labels and isinstance(value, (int, float))]
+    rows += [
+        (key, f"{value:.1f}") for key, value in data.items() if key not in labels and isinstance(value, (int, float))
+    ]
     return rows
 
 
-HEADLINES = {"encode_settings": headline_encode, "build_times": headline_build, "serve": headline_serve,
-             "memory": headline_memory}
+def headline_icon_sizes(data: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    corpus = dig(data, "corpus_b", default={})
+    labels = {"a": "(a) default site", "b": f"(b) {corpus.get('corpus', '?')} {corpus.get('used', '?')} x 256 px"}
+    for site in ("a", "b"):
+        for mode in ("off", "on"):
+            cells = dig(data, "icon_bytes", f"{site}-{mode}", default={})
+            parts = [
+                f"DPR {d} {cells[f'dpr{d}']['body_bytes']:,} B ({cells[f'dpr{d}']['body_share_of_source']:.1%})"
+                for d in (1, 2, 3)
+                if dig(cells, f"dpr{d}", "body_share_of_source") is not None
+            ]
+            if parts:
+                rows.append((f"icon bytes / source PNG, {labels[site]}, resizing {mode}", ", ".join(parts)))
+    variants = dig(data, "variants_b", "on")
+    if variants and variants.get("min_ssim") is not None:
+        rows.append(
+            (
+                "(b) resized variants: min SSIM; below floor; upscaled",
+                f"{variants['min_ssim']:.4f}; {variants['below_floor']} of {variants['files']} below {variants['floor']}; "
+                f"{variants['upscaled']} upscaled",
+            )
+        )
+    for dpr in (1, 2):
+        before, after = dig(data, "whole_page", "before", f"dpr{dpr}"), dig(data, "whole_page", "after", f"dpr{dpr}")
+        if before and after:
+            rows.append(
+                (
+                    f"default page, whole transfer at DPR {dpr}, before -> after",
+                    f"{before['bytes_sent']:,} -> {after['bytes_sent']:,} B ({after['bytes_sent'] / before['bytes_sent']:.2f}x)",
+                )
+            )
+    cold = data.get("cold_encode_b")
+    if cold:
+        rows.append(
+            (
+                f"(b) cold build, display 0 -> 40 (median of {data.get('runs', '?')})",
+                f"wall {cold['off']['median_wall_s']:.1f}s -> {cold['on']['median_wall_s']:.1f}s "
+                f"({cold['ratio_on_off_wall']:.2f}x), CPU {cold['off']['median_cpu_s']:.1f}s -> "
+                f"{cold['on']['median_cpu_s']:.1f}s ({cold['ratio_on_off_cpu']:.2f}x)",
+            )
+        )
+    for v in data.get("verdicts", []):
+        value = (
+            f"{v['value']:.1%}"
+            if v.get("unit") == "of source PNG bytes"
+            else (f"{v['value']:.2f}x" if v.get("unit") == "x" else f"{v['value']}")
+        )
+        limit = (
+            f"{v['limit']:.0%}"
+            if v.get("unit") == "of source PNG bytes"
+            else (f"{v['limit']:.2f}x" if v.get("unit") == "x" else f"{v['limit']}")
+        )
+        rows.append(
+            (
+                f"target: {v.get('label')}",
+                f"{'PASS' if v.get('pass') else 'MISS'} {value} (target {v.get('op')} {limit})",
+            )
+        )
+    if data.get("error"):
+        rows.append(("error", str(data["error"])[:200]))
+    return rows
+
+
+def headline_publish_bucket(data: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [
+        (
+            f"{r['scenario']} ({data.get('icons')} icons) to SeaweedFS",
+            f"wall {r['wall_s']:.2f}s, upload {r['upload_s']}s, requests {r['requests']}",
+        )
+        for r in data.get("scenarios", [])
+    ]
+    return rows + [(f"target: {k}", "PASS" if v else "MISS") for k, v in data.get("targets", {}).items()]
+
+
+HEADLINES = {
+    "publish_bucket": headline_publish_bucket,
+    "encode_settings": headline_encode,
+    "build_times": headline_build,
+    "serve": headline_serve,
+    "memory": headline_memory,
+    "icon_sizes": headline_icon_sizes,
+}
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -285,7 +437,9 @@ def select(only: str | None, parser: argparse.ArgumentParser) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small and fast: a few minutes in all")
-    parser.add_argument("--only", metavar="NAME,...", help=f"run only these ({', '.join(BENCHES)}; a unique prefix will do)")
+    parser.add_argument(
+        "--only", metavar="NAME,...", help=f"run only these ({', '.join(BENCHES)}; a unique prefix will do)"
+    )
     args = parser.parse_args(argv)
     chosen = select(args.only, parser)
 
@@ -294,8 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     cores = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    print(f"bench/run.py: {', '.join(chosen)}{' (quick)' if args.quick else ''}; {cores} cores ({usable} usable); "
-          f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
+    print(
+        f"bench/run.py: {', '.join(chosen)}{' (quick)' if args.quick else ''}; {cores} cores ({usable} usable); "
+        f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}",
+        flush=True,
+    )
     runs: dict[str, dict[str, Any]] = {}
     paths: dict[str, Path] = {}
     for name in chosen:
@@ -308,14 +465,23 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
 
     summary: dict[str, Any] = {
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": args.quick, "only": chosen,
-        "machine": {"cpus": cores, "usable_cpus": usable, "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "only": chosen,
+        "machine": {
+            "cpus": cores,
+            "usable_cpus": usable,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "load_average": {"before": load_before, "after": load_after},
-        "seconds_total": round(time.perf_counter() - started, 1), "benches": {},
+        "seconds_total": round(time.perf_counter() - started, 1),
+        "benches": {},
     }
-    print(f"\n{'=' * 100}\nsummary: {cores} cores ({usable} usable), load average before {load_before[0]:.2f}, "
-          f"after {load_after[0]:.2f} (1 min){'; --quick: small samples, indicative only' if args.quick else ''}")
+    print(
+        f"\n{'=' * 100}\nsummary: {cores} cores ({usable} usable), load average before {load_before[0]:.2f}, "
+        f"after {load_after[0]:.2f} (1 min){'; --quick: small samples, indicative only' if args.quick else ''}"
+    )
     width = 58
     for name in BENCHES:
         run = runs.get(name)
@@ -327,8 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         state = run["status"] if run else "skipped (--only)"
         if run and run["status"] != "ok":
             state += f" (exit {run['exit_code']})" if run.get("exit_code") is not None else ""
-        when = "" if source["state"] in ("fresh", "not run") else f"; results {source['state']}" + (
-            f" from {source['written']}" if "written" in source else "")
+        when = (
+            ""
+            if source["state"] in ("fresh", "not run")
+            else f"; results {source['state']}" + (f" from {source['written']}" if "written" in source else "")
+        )
         took = f", {run['seconds']:.0f}s" if run else ""
         print(f"\n{name} [{state}{took}{when}]")
         rows: list[tuple[str, str]] = []
@@ -343,20 +512,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label:<{width}} {value}")
             if isinstance(data.get("load_average"), dict) and data["load_average"].get("before"):
                 la = data["load_average"]
-                print(f"  {'load average during it (1 min, before/after)':<{width}} "
-                      f"{la['before'][0]:.2f} / {la.get('after', [float('nan')])[0]:.2f}")
+                print(
+                    f"  {'load average during it (1 min, before/after)':<{width}} "
+                    f"{la['before'][0]:.2f} / {la.get('after', [float('nan')])[0]:.2f}"
+                )
             elif isinstance(data.get("load_average_1_5_15") or dig(data, "machine", "loadavg"), dict):
                 la = data.get("load_average_1_5_15") or dig(data, "machine", "loadavg")
-                print(f"  {'load average during it (1 min, before/after)':<{width}} "
-                      f"{la['before'][0]:.2f} / {la['after'][0]:.2f}")
+                print(
+                    f"  {'load average during it (1 min, before/after)':<{width}} "
+                    f"{la['before'][0]:.2f} / {la['after'][0]:.2f}"
+                )
         if run and run["status"] != "ok":
             print(f"  !! {name} {run['status']}; last lines of its output (full log: {run.get('log', '-')}):")
             for line in run["tail"][-12:]:
                 print(f"     | {line}")
         summary["benches"][name] = {"run": run, "results": source, "headline": dict(rows)}
     failed = [n for n, r in runs.items() if r["status"] != "ok"]
-    print(f"\n{len(runs) - len(failed)}/{len(runs)} bench(es) ok" + (f"; failed: {', '.join(failed)}" if failed else "")
-          + f"; total {summary['seconds_total']:.0f}s")
+    print(
+        f"\n{len(runs) - len(failed)}/{len(runs)} bench(es) ok"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+        + f"; total {summary['seconds_total']:.0f}s"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {(RESULTS / 'summary.json').relative_to(ROOT)}")

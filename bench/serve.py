@@ -82,8 +82,11 @@ VARIANTS = {"gzip": ["-H", "Accept-Encoding: gzip"], "plain": []}
 HEADERS = {"gzip": {"Accept-Encoding": "gzip"}, "plain": {}}
 UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 TARGET = 200.0  # ours / baseline req/s with gzip, from the issue
-STACKS = {"ours": "ours (nginx, gzip_static)", "baseline": "baseline (Flask+gunicorn+nginx)",
-          "fly": "ours, gzip on the fly"}
+STACKS = {
+    "ours": "ours (nginx, gzip_static)",
+    "baseline": "baseline (Flask+gunicorn+nginx)",
+    "fly": "ours, gzip on the fly",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_baseline:
         missing = [name for name in ("flask", "gunicorn") if importlib.util.find_spec(name) is None]
         if missing:
-            print(f"serve bench: the baseline needs {' and '.join(missing)} (bench-only): "
-                  f"pip install {' '.join(missing)}, or run with --no-baseline", file=sys.stderr)
+            print(
+                f"serve bench: the baseline needs {' and '.join(missing)} (bench-only): "
+                f"pip install {' '.join(missing)}, or run with --no-baseline",
+                file=sys.stderr,
+            )
             return 69
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -114,15 +120,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", "-d", default="5s", help="wrk duration per run, e.g. 5s (default)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the median is reported (default 3)")
     parser.add_argument("--path", default="/", help="the URL path to load (default /)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker_processes of every nginx (ours, fly, the baseline's proxy); default 1, as the tests")
-    parser.add_argument("--gunicorn-workers", type=int, default=0,
-                        help="baseline gunicorn sync workers (default 2 x cores + 1)")
-    parser.add_argument("--gzip-level", type=int, default=1, choices=range(1, 10), metavar="1-9",
-                        help="gzip_comp_level of the on-the-fly gzip (fly and the baseline's proxy); default 1, nginx's own")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker_processes of every nginx (ours, fly, the baseline's proxy); default 1, as the tests",
+    )
+    parser.add_argument(
+        "--gunicorn-workers", type=int, default=0, help="baseline gunicorn sync workers (default 2 x cores + 1)"
+    )
+    parser.add_argument(
+        "--gzip-level",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="1-9",
+        help="gzip_comp_level of the on-the-fly gzip (fly and the baseline's proxy); default 1, nginx's own",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the Flask baseline (no Flask/gunicorn needed)")
     parser.add_argument("--no-fly", action="store_true", help="skip the on-the-fly gzip run of our nginx")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})"
+    )
     args = parser.parse_args(argv)
     if not re.fullmatch(r"\d+(\.\d+)?[smh]?", args.duration):
         parser.error(f"--duration {args.duration!r}: use e.g. 5s, 30s or 1m")
@@ -146,8 +165,13 @@ def build_site(target: Path) -> Path:
     warm = ROOT / ".cache" / "encode"
     if warm.is_dir():  # same key scheme as the pipeline: a stale entry is simply not used
         shutil.copytree(warm, target / ".cache" / "encode")
-    result = subprocess.run([sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(target)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(target)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     if result.returncode != 0:
         raise SystemExit(f"serve bench: the build failed ({result.returncode}):\n{result.stderr}")
     print(result.stdout.splitlines()[0])
@@ -221,10 +245,15 @@ def shipped_block(port: int, site: Path) -> str:
 def on_the_fly_block(port: int, site: Path, level: int) -> str:
     """The shipped block with precompression swapped for nginx's on-the-fly gzip."""
     text = shipped_block(port, site)
-    for old, new in ((r"^(\s*)gzip off;", rf"\1gzip on; gzip_comp_level {level};"), (r"^(\s*)gzip_static on;", r"\1gzip_static off;")):
+    for old, new in (
+        (r"^(\s*)gzip off;", rf"\1gzip on; gzip_comp_level {level};"),
+        (r"^(\s*)gzip_static on;", r"\1gzip_static off;"),
+    ):
         text, count = re.subn(old, new, text, flags=re.MULTILINE)
         if count != 1:
-            raise SystemExit(f"serve bench: deploy/nginx.conf must have exactly one line matching {old!r} (has {count})")
+            raise SystemExit(
+                f"serve bench: deploy/nginx.conf must have exactly one line matching {old!r} (has {count})"
+            )
     return text
 
 
@@ -270,7 +299,11 @@ class Nginx:
         conf.write_text(text, encoding="utf-8")
         self.process = subprocess.Popen(
             [harness.nginx_binary(), "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.prefix / "error.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_until_answering(self.port, self.process, "nginx", self.prefix / "error.log", harness.START_TIMEOUT)
         except BaseException:
@@ -302,13 +335,22 @@ class Gunicorn:
 
     def __enter__(self) -> Gunicorn:
         self.port = harness.free_port()
-        env = {**os.environ, "BASELINE_SITE": str(self.site), "BASELINE_BIND": f"127.0.0.1:{self.port}",
-               "BASELINE_WORKERS": str(self.workers)}
+        env = {
+            **os.environ,
+            "BASELINE_SITE": str(self.site),
+            "BASELINE_BIND": f"127.0.0.1:{self.port}",
+            "BASELINE_WORKERS": str(self.workers),
+        }
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", str(BASELINE / "gunicorn.conf.py")],
-                cwd=BASELINE, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                cwd=BASELINE,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             wait_until_answering(self.port, self.process, "gunicorn", self.log, self.START_TIMEOUT)
             deadline = time.monotonic() + self.START_TIMEOUT  # every worker forked, not only the first
@@ -335,8 +377,12 @@ def sample(port: int, path: str, headers: dict[str, str]) -> tuple[dict[str, obj
         conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         body = response.read()
-        return {"status": response.status, "content_encoding": response.getheader("Content-Encoding"),
-                "content_type": response.getheader("Content-Type"), "bytes": len(body)}, body
+        return {
+            "status": response.status,
+            "content_encoding": response.getheader("Content-Encoding"),
+            "content_type": response.getheader("Content-Type"),
+            "bytes": len(body),
+        }, body
     finally:
         conn.close()
 
@@ -369,7 +415,8 @@ def parse_wrk(text: str) -> dict[str, float]:
         "requests": int(total.group(1)),
         "non_2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0,
-        "latency_p50_ms": _ms(p50), "latency_p99_ms": _ms(p99),
+        "latency_p50_ms": _ms(p50),
+        "latency_p99_ms": _ms(p99),
     }
 
 
@@ -404,20 +451,30 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
     memory: dict[str, dict[str, dict[str, object]]] = {}
     same_page: dict[str, object] = {}
     load_before = os.getloadavg()
-    versions = {"nginx": subprocess.run([harness.nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]}
+    versions = {
+        "nginx": subprocess.run([harness.nginx_binary(), "-v"], capture_output=True, text=True)
+        .stderr.strip()
+        .split("/")[-1]
+    }
 
     with contextlib.ExitStack() as servers:
         ours = servers.enter_context(Nginx(site, args.workers))
         ports = {"ours": ours.port}
         groups: dict[str, dict[str, object]] = {"ours": {"nginx": ours}}
         if "fly" in runs:
-            fly = servers.enter_context(Nginx(site, args.workers, lambda port: on_the_fly_block(port, site, args.gzip_level)))
+            fly = servers.enter_context(
+                Nginx(site, args.workers, lambda port: on_the_fly_block(port, site, args.gzip_level))
+            )
             ports["fly"] = fly.port
             groups["fly"] = {"nginx": fly}
         if "baseline" in runs:
-            versions.update({name: importlib.metadata.version(name) for name in ("flask", "gunicorn", "jinja2", "werkzeug")})
+            versions.update(
+                {name: importlib.metadata.version(name) for name in ("flask", "gunicorn", "jinja2", "werkzeug")}
+            )
             app = servers.enter_context(Gunicorn(site, args.gunicorn_workers))
-            proxy = servers.enter_context(Nginx(site, args.workers, lambda port: proxy_block(port, app.port, args.gzip_level)))
+            proxy = servers.enter_context(
+                Nginx(site, args.workers, lambda port: proxy_block(port, app.port, args.gzip_level))
+            )
             ports["baseline"] = proxy.port
             groups["baseline"] = {"nginx": proxy, "gunicorn": app}
 
@@ -446,22 +503,35 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
             memory[stack]["after_load"] = {name: memory_kib(server.pids()) for name, server in parts.items()}
     # every server is stopped here, by PID (ExitStack, in reverse order)
 
-    medians = {stack: {variant: {key: statistics.median(r[key] for r in rs)
-                                 for key in ("requests_per_second", "transfer_bytes_per_second", "server_cpu_us_per_request")}
-                       for variant, rs in variants.items()} for stack, variants in runs.items()}
-    errors = sum(r["non_2xx"] + r["socket_errors"] for variants in runs.values() for rs in variants.values() for r in rs)
+    medians = {
+        stack: {
+            variant: {
+                key: statistics.median(r[key] for r in rs)
+                for key in ("requests_per_second", "transfer_bytes_per_second", "server_cpu_us_per_request")
+            }
+            for variant, rs in variants.items()
+        }
+        for stack, variants in runs.items()
+    }
+    errors = sum(
+        r["non_2xx"] + r["socket_errors"] for variants in runs.values() for rs in variants.values() for r in rs
+    )
 
     def ratio(a: tuple[str, str], b: tuple[str, str]) -> dict[str, float] | None:
         if a[0] not in medians or b[0] not in medians or a[1] not in medians[a[0]] or b[1] not in medians[b[0]]:
             return None
         x, y = medians[a[0]][a[1]], medians[b[0]][b[1]]
-        rounds = [ra["requests_per_second"] / rb["requests_per_second"] for ra, rb in zip(runs[a[0]][a[1]], runs[b[0]][b[1]])]
-        return {"requests_per_second": x["requests_per_second"] / y["requests_per_second"],
-                "transfer_bytes_per_second": x["transfer_bytes_per_second"] / y["transfer_bytes_per_second"],
-                # the same round's two runs, seconds apart: drift on a shared machine cancels more
-                "requests_per_second_per_round_median": statistics.median(rounds),
-                # how many times less server CPU a request costs in a than in b
-                "server_cpu_per_request": y["server_cpu_us_per_request"] / max(x["server_cpu_us_per_request"], 1e-9)}
+        rounds = [
+            ra["requests_per_second"] / rb["requests_per_second"] for ra, rb in zip(runs[a[0]][a[1]], runs[b[0]][b[1]])
+        ]
+        return {
+            "requests_per_second": x["requests_per_second"] / y["requests_per_second"],
+            "transfer_bytes_per_second": x["transfer_bytes_per_second"] / y["transfer_bytes_per_second"],
+            # the same round's two runs, seconds apart: drift on a shared machine cancels more
+            "requests_per_second_per_round_median": statistics.median(rounds),
+            # how many times less server CPU a request costs in a than in b
+            "server_cpu_per_request": y["server_cpu_us_per_request"] / max(x["server_cpu_us_per_request"], 1e-9),
+        }
 
     ratios = {
         "ours_gzip_over_plain": ratio(("ours", "gzip"), ("ours", "plain")),
@@ -475,25 +545,51 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
 
     target = ratios["ours_over_baseline_gzip"]
     record = {
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg": load},
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg": load,
+        },
         "versions": versions,
-        "wrk": {"threads": args.threads, "connections": args.connections, "duration": args.duration,
-                "repeat": args.repeat, "path": args.path},
-        "nginx_workers": args.workers, "gunicorn_workers": None if args.no_baseline else args.gunicorn_workers,
+        "wrk": {
+            "threads": args.threads,
+            "connections": args.connections,
+            "duration": args.duration,
+            "repeat": args.repeat,
+            "path": args.path,
+        },
+        "nginx_workers": args.workers,
+        "gunicorn_workers": None if args.no_baseline else args.gunicorn_workers,
         "gzip_level_on_the_fly": args.gzip_level,
         # ours alone, under the keys this file had before the baseline was added
-        "samples": samples["ours"], "runs": runs["ours"], "median": medians["ours"],
+        "samples": samples["ours"],
+        "runs": runs["ours"],
+        "median": medians["ours"],
         "ratio_gzip_over_plain": ratios["ours_gzip_over_plain"],
-        "nginx_rss_kib": {"idle": memory["ours"]["idle"]["nginx"]["rss"], "after_load": memory["ours"]["after_load"]["nginx"]["rss"],
-                          "idle_total": memory["ours"]["idle"]["nginx"]["rss_total"],
-                          "after_load_total": memory["ours"]["after_load"]["nginx"]["rss_total"]},
-        "stacks": {stack: {"label": STACKS[stack], "samples": samples[stack], "runs": runs[stack], "median": medians[stack],
-                           "memory_kib": memory[stack]} for stack in runs},
-        "ratios": ratios, "same_page": same_page,
-        "target": {"ours_over_baseline_gzip_rps": TARGET,
-                   "met": None if target is None else target["requests_per_second"] >= TARGET},
+        "nginx_rss_kib": {
+            "idle": memory["ours"]["idle"]["nginx"]["rss"],
+            "after_load": memory["ours"]["after_load"]["nginx"]["rss"],
+            "idle_total": memory["ours"]["idle"]["nginx"]["rss_total"],
+            "after_load_total": memory["ours"]["after_load"]["nginx"]["rss_total"],
+        },
+        "stacks": {
+            stack: {
+                "label": STACKS[stack],
+                "samples": samples[stack],
+                "runs": runs[stack],
+                "median": medians[stack],
+                "memory_kib": memory[stack],
+            }
+            for stack in runs
+        },
+        "ratios": ratios,
+        "same_page": same_page,
+        "target": {
+            "ours_over_baseline_gzip_rps": TARGET,
+            "met": None if target is None else target["requests_per_second"] >= TARGET,
+        },
         "errors": errors,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -508,55 +604,77 @@ def check_same_page(ours: bytes, baseline: bytes) -> dict[str, object]:
     from pipeline import minify
 
     minified = minify.minify_html(baseline.decode("utf-8")).encode("utf-8")
-    return {"identical_after_minify": minified == ours, "ours_bytes": len(ours), "baseline_bytes": len(baseline),
-            "baseline_minified_bytes": len(minified)}
+    return {
+        "identical_after_minify": minified == ours,
+        "ours_bytes": len(ours),
+        "baseline_bytes": len(baseline),
+        "baseline_minified_bytes": len(minified),
+    }
 
 
 def report(args, runs, samples, medians, ratios, memory, same_page, versions, errors, started, load) -> None:
     extra = "".join(f", {k} {v}" for k, v in versions.items() if k != "nginx")
-    print(f"\nnginx {versions['nginx']}{extra}; nginx worker_processes {args.workers}"
-          + ("" if args.no_baseline else f", gunicorn {args.gunicorn_workers} sync workers")
-          + f"; wrk -t{args.threads} -c{args.connections} -d{args.duration} on 127.0.0.1{args.path}, "
-          f"{args.repeat} runs per cell, median; {os.cpu_count()} cores")
+    print(
+        f"\nnginx {versions['nginx']}{extra}; nginx worker_processes {args.workers}"
+        + ("" if args.no_baseline else f", gunicorn {args.gunicorn_workers} sync workers")
+        + f"; wrk -t{args.threads} -c{args.connections} -d{args.duration} on 127.0.0.1{args.path}, "
+        f"{args.repeat} runs per cell, median; {os.cpu_count()} cores"
+    )
     for stack in runs:
         for variant in VARIANTS:
             s = samples[stack][variant]
-            print(f"  {stack:8} {variant:5}  one response: {s['status']}, Content-Encoding {s['content_encoding'] or '-'}, "
-                  f"{s['bytes']:,} bytes")
+            print(
+                f"  {stack:8} {variant:5}  one response: {s['status']}, Content-Encoding {s['content_encoding'] or '-'}, "
+                f"{s['bytes']:,} bytes"
+            )
     if same_page:
         verdict = "identical" if same_page["identical_after_minify"] else "DIFFERENT"
-        print(f"  same page: the baseline's HTML ({same_page['baseline_bytes']:,} bytes) minified is {verdict} "
-              f"to the built index.html ({same_page['ours_bytes']:,} bytes)")
+        print(
+            f"  same page: the baseline's HTML ({same_page['baseline_bytes']:,} bytes) minified is {verdict} "
+            f"to the built index.html ({same_page['ours_bytes']:,} bytes)"
+        )
 
-    print(f"\n  {'stack':32} {'variant':7} {'req/s':>10} {'transfer/s':>12}   {'runs (req/s)':<26} {'p50':>9} {'p99':>9} "
-          f"{'CPU/req':>10}")
+    print(
+        f"\n  {'stack':32} {'variant':7} {'req/s':>10} {'transfer/s':>12}   {'runs (req/s)':<26} {'p50':>9} {'p99':>9} "
+        f"{'CPU/req':>10}"
+    )
     for stack, variants in runs.items():
         for variant, rs in variants.items():
             m = medians[stack][variant]
             p50 = statistics.median(r["latency_p50_ms"] for r in rs if r["latency_p50_ms"] is not None)
             p99 = statistics.median(r["latency_p99_ms"] for r in rs if r["latency_p99_ms"] is not None)
             each = ", ".join(f"{r['requests_per_second']:,.0f}" for r in rs)
-            print(f"  {STACKS[stack]:32} {variant:7} {m['requests_per_second']:>10,.0f} "
-                  f"{human(m['transfer_bytes_per_second']) + '/s':>12}   {each:<26} {p50:>7.2f}ms {p99:>7.2f}ms "
-                  f"{m['server_cpu_us_per_request']:>8,.0f}us")
+            print(
+                f"  {STACKS[stack]:32} {variant:7} {m['requests_per_second']:>10,.0f} "
+                f"{human(m['transfer_bytes_per_second']) + '/s':>12}   {each:<26} {p50:>7.2f}ms {p99:>7.2f}ms "
+                f"{m['server_cpu_us_per_request']:>8,.0f}us"
+            )
     print("  (CPU/req: utime+stime of the stack's own processes, nginx and gunicorn, over the run / requests; median)")
 
-    print(f"\n  {'ratio (medians)':40} {'req/s':>9} {'transfer/s':>11} {'req/s per round':>16} {'CPU/req (inverse)':>18}")
-    labels = {"ours_gzip_over_plain": "ours gzip / ours plain",
-              "ours_over_baseline_gzip": "ours / baseline, gzip (target >= 200x)",
-              "ours_over_baseline_plain": "ours / baseline, plain",
-              "fly_over_baseline_gzip": "ours on the fly / baseline, gzip",
-              "ours_over_fly_gzip": "ours gzip_static / ours on the fly"}
+    print(
+        f"\n  {'ratio (medians)':40} {'req/s':>9} {'transfer/s':>11} {'req/s per round':>16} {'CPU/req (inverse)':>18}"
+    )
+    labels = {
+        "ours_gzip_over_plain": "ours gzip / ours plain",
+        "ours_over_baseline_gzip": "ours / baseline, gzip (target >= 200x)",
+        "ours_over_baseline_plain": "ours / baseline, plain",
+        "fly_over_baseline_gzip": "ours on the fly / baseline, gzip",
+        "ours_over_fly_gzip": "ours gzip_static / ours on the fly",
+    }
     for key, label in labels.items():
         r = ratios[key]
         if r is not None:
-            print(f"  {label:40} {r['requests_per_second']:>8.1f}x {r['transfer_bytes_per_second']:>10.1f}x "
-                  f"{r['requests_per_second_per_round_median']:>15.1f}x {r['server_cpu_per_request']:>17.1f}x")
+            print(
+                f"  {label:40} {r['requests_per_second']:>8.1f}x {r['transfer_bytes_per_second']:>10.1f}x "
+                f"{r['requests_per_second_per_round_median']:>15.1f}x {r['server_cpu_per_request']:>17.1f}x"
+            )
     target = ratios["ours_over_baseline_gzip"]
     if target is not None:
         got = target["requests_per_second"]
-        print(f"  target ours/baseline >= {TARGET:.0f}x with gzip: {'MET' if got >= TARGET else 'NOT met'} "
-              f"({got:.1f}x{'' if got >= TARGET else f', {TARGET / got:.2f}x short'})")
+        print(
+            f"  target ours/baseline >= {TARGET:.0f}x with gzip: {'MET' if got >= TARGET else 'NOT met'} "
+            f"({got:.1f}x{'' if got >= TARGET else f', {TARGET / got:.2f}x short'})"
+        )
 
     print("\n  memory (KiB, from /proc: VmRSS summed over the processes; PSS total)")
     print(f"  {'stack':32} {'part':9} {'procs':>5} {'RSS idle':>10} {'RSS loaded':>11} {'PSS loaded':>11}")
@@ -565,13 +683,17 @@ def report(args, runs, samples, medians, ratios, memory, same_page, versions, er
         for part, idle in phases["idle"].items():
             loaded = phases["after_load"][part]
             totals = [totals[0] + idle["rss_total"], totals[1] + loaded["rss_total"], totals[2] + loaded["pss_total"]]
-            print(f"  {STACKS[stack]:32} {part:9} {loaded['processes']:>5} {idle['rss_total']:>10,} {loaded['rss_total']:>11,} "
-                  f"{loaded['pss_total']:>11,}")
+            print(
+                f"  {STACKS[stack]:32} {part:9} {loaded['processes']:>5} {idle['rss_total']:>10,} {loaded['rss_total']:>11,} "
+                f"{loaded['pss_total']:>11,}"
+            )
         if len(phases["idle"]) > 1:
             print(f"  {STACKS[stack]:32} {'total':9} {'':>5} {totals[0]:>10,} {totals[1]:>11,} {totals[2]:>11,}")
-    print(f"  non-2xx/socket errors: {errors}; load average (1/5/15 min) {' '.join(map(str, load['before']))} before, "
-          f"{' '.join(map(str, load['after']))} after (anything else running shares the cores); "
-          f"total {time.monotonic() - started:.1f}s")
+    print(
+        f"  non-2xx/socket errors: {errors}; load average (1/5/15 min) {' '.join(map(str, load['before']))} before, "
+        f"{' '.join(map(str, load['after']))} after (anything else running shares the cores); "
+        f"total {time.monotonic() - started:.1f}s"
+    )
 
 
 if __name__ == "__main__":

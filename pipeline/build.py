@@ -82,7 +82,7 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
                 store.save(source)  # decoded and encoded fine: now it is the last good copy
     request.checkpoint("after_encode")
     with timings("minify"):
-        css_before, css_assets = _stylesheets(site)
+        css_before, css_assets = _static_assets(site)
     with timings("fingerprint"):
         site_icons = _site_icons(sources, cache)
         assets = [a for icon in encoded for a in fingerprint.icon_assets(icon)] + css_assets + site_icons
@@ -115,6 +115,12 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
             required += (f"{site.indexnow.key}.txt",)
         target: publish.Target = publish.LocalDirectory(site.dist_dir)
         result = target.publish(files, site.publish, request.now, request.checkpoint, required)
+    if site.publish.target:  # then the bucket gets exactly what the gate passed; its result is what readers see
+        from .bucket import S3Bucket  # imported only when a target is set: a local run never pays for it
+
+        with timings("upload"):
+            bucket: publish.Target = S3Bucket(site.publish)
+            result = bucket.publish(files, site.publish, request.now, request.checkpoint, required)
     changed: tuple[str, ...] = ()
     pinged = None
     try:  # after the switch the run has published: what fails now is a warning, never "nothing was published"
@@ -169,12 +175,20 @@ def content_document(site: SiteConfig, client: httpx.Client | None) -> Document:
         raise ConfigError(f"{site.content}: is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
-def _stylesheets(site: SiteConfig) -> tuple[int, list[Asset]]:
+def _static_assets(site: SiteConfig) -> tuple[int, list[Asset]]:
+    """templates/*.css, minified, and templates/*.js, as written (no JS minifier is a dependency;
+    the .gz/.br beside them do the work): fingerprinted like every asset, so the pages load their
+    code as immutable files with SRI and need no inline script. The bytes before, and the assets
+    (the run report's CSS figures count the scripts too)."""
     before, assets = 0, []
     for path in sorted(site.templates_dir.glob("*.css")):
         text = path.read_text(encoding="utf-8")
         before += len(text.encode())
         assets.append(Asset(path.name, minify.minify_css(text).encode(), "text/css"))
+    for path in sorted(site.templates_dir.glob("*.js")):
+        data = path.read_bytes()
+        before += len(data)
+        assets.append(Asset(path.name, data, "text/javascript"))
     return before, assets
 
 

@@ -35,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr(getattr(args, "verbose", 0))
     if args.command == "refresh":
         return _refresh(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command in ("init", "check"):
+        return _init(args) if args.command == "init" else _check(args)
     started = time.perf_counter()
     stop = _StopOnSignal()
     live = _LiveLine(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
@@ -135,6 +139,62 @@ def _refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    try:
+        serve(Path(args.site), args.port, lambda line: print(line, file=sys.stderr, flush=True))
+    except PipelineError as error:
+        print(f"pipeline: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print("pipeline serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535 (0: any free port)")
+    return int(text)
+
+
+def _init(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .init import init_site
+
+    try:
+        done = init_site(Path(args.dir))
+    except PipelineError as error:
+        print(f"pipeline: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except OSError as error:  # whatever it had written is removed again
+        print(f"pipeline: error: nothing was written: {describe_os_error(error)}", file=sys.stderr)
+        return EX_IOERR
+    site = "" if done.root == Path.cwd().absolute() else f" --site {shlex.quote(args.dir)}"
+    print(f"pipeline init: a starter site in {done.root}: {', '.join(done.files)}")
+    print(f"next: pipeline check{site} && pipeline build --offline{site}; nginx then serves dist/current")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_site
+
+    try:
+        checked = check_site(Path(args.site))
+    except OSError as error:  # a file that exists but cannot be read
+        print(f"pipeline: error: {describe_os_error(error)}", file=sys.stderr)
+        return EX_IOERR
+    for problem in checked.errors:
+        print(f"pipeline: error: {problem}", file=sys.stderr)
+    if checked.errors:
+        return checked.exit_code
+    for note in checked.notes:
+        print(f"pipeline: note: {note}", file=sys.stderr)
+    codes = "codes from a feed (not fetched)" if checked.codes is None else f"{checked.codes} codes"
+    print(f"ok: {checked.icons} icons, {codes}, {checked.templates} templates")
+    return 0
+
+
 USAGE = """\
 Build a static site ahead of time: fetch the reward icons in icon_map.yaml, encode them for every
 screen, render the templates, and publish the whole site atomically into dist/ for nginx to serve.
@@ -162,6 +222,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("-q", "--quiet", action="store_true", help="print errors only: no progress, summary or warnings")
     commands = parser.add_subparsers(dest="command", required=True)
+    init_cmd = commands.add_parser(
+        "init", help="start a site: write a working starter site into DIR (never overwrites; exit 73 if it would)"
+    )
+    init_cmd.add_argument("dir", nargs="?", default=".", metavar="DIR", help="created if missing (default: here)")
+    commands.add_parser(
+        "check", parents=[common], help="validate every input as build would; no fetch, encode or publish"
+    )
     build_cmd = commands.add_parser("build", parents=[common, runs], help="fetch, encode, render and publish the site")
     build_cmd.add_argument("--offline", action="store_true", help="use the sources in icons/ only; no network")
     icons = commands.add_parser(
@@ -184,6 +251,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     refresh_cmd.add_argument("--offline", action="store_true", help="pass --offline to every build")
     refresh_cmd.add_argument("--max-runs", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
+    serve_cmd = commands.add_parser(
+        "serve", parents=[common], help="preview on 127.0.0.1 while you edit: rebuilds and reloads the page (not dist/)"
+    )
+    serve_cmd.add_argument("--port", type=_port, default=8000, metavar="N", help="default 8000; 0: any free port")
     return parser
 
 
@@ -281,7 +352,7 @@ def summary(report: RunReport, seconds: float) -> str:
         f"  encode    {encoded} encoded, {len(report.encoded) - encoded} reused from cache",
         "  bytes     " + "; ".join(_format_bytes(report)),
         f"  pages     HTML {_delta(report.minified_before, report.minified_after)}; "
-        f"CSS {_delta(report.css_before, report.css_after)}",
+        f"CSS+JS {_delta(report.css_before, report.css_after)}",
         f"  publish   {result.files_written} files, {result.bytes_written:,} bytes written"
         + (f"; changed: {', '.join(report.changed_pages)}" if report.changed_pages else ""),
         "  time      " + "  ".join(f"{stage} {secs:.2f}s" for stage, secs in report.timings.items()),

@@ -78,12 +78,14 @@ def encode_all(
     problems = []
     for i, error in sorted(failed.items()):
         fallback = _fallback(sources[i], last_good(sources[i]), str(error))
-        outcome = _encode_alone(fallback) if fallback else error
+        cached = cache.get(cache_key(fallback, CACHE_VERSION), fallback) if fallback else None
+        outcome = cached or (_encode_alone(fallback) if fallback else error)
         if fallback is None or isinstance(outcome, ImageError):
             problems.append(str(outcome))
             continue
         sources[i] = fallback
-        cache.put(cache_key(fallback, CACHE_VERSION), outcome)
+        if cached is None:
+            cache.put(cache_key(fallback, CACHE_VERSION), outcome)
         log.info("%s: the new source failed to decode; its last good copy was encoded instead", fallback.spec.name)
         encoded[i] = outcome
     if problems:

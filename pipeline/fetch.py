@@ -9,11 +9,19 @@ sniffed to be an image. At the deadline a watchdog shuts every connection of the
 timeouts alone let a server that drips its headers a byte at a time hold a request for hours. A
 source that fails yields the last good copy, marked STALE with the reason; only an icon that never
 had a good copy is an error.
+
+Each hop's host is resolved once, by the stage's own resolver, and the request goes to one of the
+addresses that answer (the URL's host replaced by the address; the Host header, the TLS SNI and the
+certificate check stay the name's). Without allow_private every address of the answer must be public.
+Before a byte is sent on a connection, its peer must be the address checked for it, so a DNS server
+that answers a public address to the check and 127.0.0.1 to a second lookup (DNS rebinding) has no
+second lookup to answer, and neither a proxy nor a pooled connection can take the request elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -31,7 +39,7 @@ from .errors import FetchFailed, SourceError
 from .model import Document, FetchSettings, IconSpec, Origin, SourceIcon, Stored, sniff
 
 USER_AGENT = "pipeline-static-site/0.1 (+icon fetch; conditional GET)"
-Resolver = Callable[[str, int], list[str]]
+Resolver = Callable[[str, int], list[str]]  # (host, port) -> its addresses, best first; OSError if none
 log = logging.getLogger(__name__)
 
 
@@ -174,15 +182,37 @@ class _Fetcher:
         for sock in sockets:
             _shut(sock)
 
-    def _trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpx trace hook: note the socket of each connection (and of its TLS layer) as it opens."""
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            sock = info["return_value"].get_extra_info("socket")
-            with self.lock:
-                self.sockets.append(sock)
-                late = self.expired.is_set()
-            if late:
-                _shut(sock)
+    def _trace(self, attempt: _Attempt, event: str, info: dict[str, Any]) -> None:
+        """httpx trace hook of one attempt: note the socket of its connection (and of its TLS layer) as it
+        opens, for the watchdog, and refuse the connection, before a byte is sent on it, unless its peer is
+        the address checked for it (a connection from the pool, opened by someone else, is refused too)."""
+        if event == "connection.connect_tcp.complete":
+            stream = info["return_value"]
+            sock = stream.get_extra_info("socket")
+            if self._watch(sock):
+                stream.close()
+                raise self._no_answer(attempt.url)
+            try:
+                peer = str(sock.getpeername()[0])
+            except OSError as error:
+                peer = f"nothing ({error})"
+            if _ip(peer) != _ip(attempt.address):
+                stream.close()
+                raise FetchFailed(f"{attempt.url} connected to {peer}, not to the address checked, {attempt.address}")
+            attempt.connected = True
+        elif event == "connection.start_tls.complete":
+            self._watch(info["return_value"].get_extra_info("socket"))
+        elif event.endswith(".send_request_headers.started") and not attempt.connected:
+            raise FetchFailed(f"{attempt.url} was to go out on a pooled connection whose address was not checked")
+
+    def _watch(self, sock: socket.socket) -> bool:
+        """Put the socket in the watchdog's reach; True (and the socket shut) if the deadline has passed."""
+        with self.lock:
+            self.sockets.append(sock)
+            late = self.expired.is_set()
+        if late:
+            _shut(sock)
+        return late
 
     def fetch(self, spec: IconSpec, stored: Stored | None) -> SourceIcon:
         validators = stored if stored and stored.url == spec.url else None
@@ -214,22 +244,7 @@ class _Fetcher:
         if validators and validators.last_modified:
             headers["If-Modified-Since"] = validators.last_modified
         for _hop in range(self.settings.max_redirects + 1):
-            self._check_target(url)
-            timeout = self._timeout(url)
-            request = self.client.build_request(
-                "GET", url, headers=headers, timeout=timeout, extensions={"trace": self._trace}
-            )
-            try:
-                response = self.client.send(request, stream=True, follow_redirects=False)
-            except httpx.HTTPError as error:
-                if self.expired.is_set():
-                    deadline = self.settings.deadline
-                    raise FetchFailed(f"{url} had not answered at the {deadline:g}s fetch deadline") from None
-                if isinstance(error, httpx.ConnectTimeout):
-                    raise FetchFailed(f"timed out connecting to {url}") from None
-                if isinstance(error, httpx.TimeoutException):
-                    raise FetchFailed(f"no response from {url} within {timeout.read:g}s") from None
-                raise FetchFailed(f"cannot connect to {url} ({type(error).__name__}: {error})") from None
+            response = self._send(url, self._addresses(url), headers)
             try:  # httpx.Response is not a context manager; close() drops an unread body's connection
                 if response.has_redirect_location:
                     url = self._next_hop(url, response.headers["location"])
@@ -242,6 +257,41 @@ class _Fetcher:
             finally:
                 response.close()
         raise FetchFailed(f"more than {self.settings.max_redirects} redirects from {url}")
+
+    def _send(self, url: str, addresses: list[str], headers: dict[str, str]) -> httpx.Response:
+        """GET `url` from the first of its checked `addresses` that takes the connection (the next one is
+        tried only when the TCP connection itself failed); the host name stays in Host, SNI and the
+        certificate check."""
+        target = httpx.URL(url)
+        host = target.raw_host.decode("ascii")
+        headers = {**headers, "Host": target.netloc.decode("ascii")}
+        for index, address in enumerate(addresses):
+            timeout = self._timeout(url)
+            attempt = _Attempt(url, address)
+            request = self.client.build_request(
+                "GET",
+                target.copy_with(host=address),
+                headers=headers,
+                timeout=timeout,
+                extensions={"trace": functools.partial(self._trace, attempt), "sni_hostname": host},
+            )
+            try:
+                return self.client.send(request, stream=True, follow_redirects=False)
+            except httpx.InvalidURL as error:  # not an HTTPError: httpx parses a redirect's Location as it sends
+                raise FetchFailed(f"{url} redirects to a URL that is not http or https ({error}); refused") from None
+            except httpx.HTTPError as error:
+                if self.expired.is_set():
+                    raise self._no_answer(url) from None
+                at = "" if _ip(address) == _ip(host) else f" at {address}"
+                if isinstance(error, httpx.ConnectError) and not attempt.connected and index + 1 < len(addresses):
+                    log.debug("cannot connect to %s%s (%s); trying %s", url, at, error, addresses[index + 1])
+                    continue
+                if isinstance(error, httpx.ConnectTimeout):
+                    raise FetchFailed(f"timed out connecting to {url}{at}") from None
+                if isinstance(error, httpx.TimeoutException):
+                    raise FetchFailed(f"no response from {url}{at} within {timeout.read:g}s") from None
+                raise FetchFailed(f"cannot connect to {url}{at} ({type(error).__name__}: {error})") from None
+        raise FetchFailed(f"cannot resolve the host of {url} (no address)")  # not reached: _addresses has one
 
     def _timeout(self, url: str) -> httpx.Timeout:
         remaining = self.deadline - self.clock()
@@ -258,20 +308,29 @@ class _Fetcher:
             raise FetchFailed(f"{url} redirects from https down to http ({target}); refused")
         return target
 
-    def _check_target(self, url: str) -> None:
-        """Refuse loopback, private, link-local and reserved addresses before any packet is sent."""
-        if self.settings.allow_private:
-            return
+    def _addresses(self, url: str) -> list[str]:
+        """The addresses of the URL's host, asked for once for this hop: the request goes to one of them
+        and nowhere else. Without allow_private, a loopback, private, link-local or reserved address
+        anywhere in the answer refuses the host before any packet is sent."""
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            addresses = self.resolve(parts.hostname or "", port)
-        except OSError as error:
-            raise FetchFailed(f"cannot resolve the host of {url} ({error})") from None
+        host = parts.hostname or ""
+        if _ip(host) is not None:
+            addresses = [host]  # an address already: no lookup, nothing a resolver could change
+        else:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                addresses = list(dict.fromkeys(self.resolve(host, port)))
+            except OSError as error:
+                raise FetchFailed(f"cannot resolve the host of {url} ({error})") from None
+            if not addresses:
+                raise FetchFailed(f"cannot resolve the host of {url} (no address)")
         for address in addresses:
-            ip = ipaddress.ip_address(address.split("%")[0])
-            if not ip.is_global:
-                raise FetchFailed(f"{url} resolves to the non-public address {ip}; refused (allow_private is off)")
+            ip = _ip(address)
+            if ip is None:
+                raise FetchFailed(f"cannot resolve the host of {url} (the resolver gave {address!r})")
+            if not self.settings.allow_private and not _public(ip):
+                raise FetchFailed(f"{url} resolves to the non-public address {address}; refused (allow_private is off)")
+        return addresses
 
     def _read_body(self, url: str, response: httpx.Response, kind: _Kind) -> bytes:
         cap = self.settings.max_bytes
@@ -304,8 +363,44 @@ class _Fetcher:
             raise FetchFailed(f"{url} sent {len(body):,} bytes that {problem}")
         return bytes(body)
 
+    def _no_answer(self, url: str) -> FetchFailed:
+        return FetchFailed(f"{url} had not answered at the {self.settings.deadline:g}s fetch deadline")
+
     def _still_sending(self, url: str) -> FetchFailed:
         return FetchFailed(f"{url} was still sending at the {self.settings.deadline:g}s fetch deadline")
+
+
+@dataclass
+class _Attempt:
+    """One connection attempt of one hop: the URL as asked, the checked address it may connect to."""
+
+    url: str
+    address: str
+    connected: bool = False  # its own connection is open, to `address`
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: IPv4 in the low 32 bits, reached through a gateway
+
+
+def _ip(text: str) -> IPAddress | None:
+    """The address in `text` (an IPv6 zone dropped, an IPv4-mapped IPv6 address as its IPv4), or None."""
+    try:
+        ip = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _public(ip: IPAddress) -> bool:
+    """Globally routable, and so is any IPv4 address the IPv6 one is a way to reach (NAT64, 6to4)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else ip.sixtofour
+        if inner is not None and not inner.is_global:
+            return False
+    return ip.is_global
 
 
 @dataclass(frozen=True)

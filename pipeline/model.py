@@ -78,6 +78,11 @@ class FetchSettings:
 class PublishSettings:
     keep_releases: int = 5  # the last K releases always stay, whatever the clock says
     retention_hours: float = 24.0  # hashed assets named by a release this recent stay served
+    target: str = ""  # "" = dist/ only; "s3://BUCKET/PREFIX": also publish there (pipeline/bucket.py)
+    endpoint: str = ""  # the S3 API's base URL; "" = AWS
+    region: str = ""  # "" = us-east-1
+    upload_timeout: float = 10.0  # seconds, each request to the bucket
+    upload_deadline: float = 300.0  # seconds, the whole publish to the bucket
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Stage 4: SiteView -> pages. Pure given the templates folder.
 
 Jinja2 with autoescape and StrictUndefined. Templates get `ICON_MAP` (name -> IconRef),
-`icon(name)`, `asset_url(logical)`, `icon_loading()`, the content and the site; `_macros.html`
-draws <picture>.
+`icon(name)`, `asset_url(logical)`, `icon_loading()`, `content_security_policy`, the content and
+the site; `_macros.html` draws <picture>.
 Every template error, an unknown icon included, is reported as templates/FILE:LINE.
 Besides the HTML pages (every templates/*.html not starting with "_"), this stage writes
 codes.json, sitemap.xml and robots.txt.
@@ -19,6 +19,16 @@ import jinja2
 
 from .errors import TemplateError
 from .model import IconRef, Page, SiteView
+
+# The pages' Content-Security-Policy, as the <meta http-equiv> every page carries for hosts that
+# send no header. deploy/nginx.conf sends the same policy plus `frame-ancestors 'none'` (which a
+# <meta> policy cannot carry) as a header; tests/test_security.py keeps the two equal. The pages
+# have no inline script or style, so no 'unsafe-inline' and no per-release hash: their code is
+# templates/*.js, fingerprinted, and ICON_MAP is a JSON data block (never run, so not governed).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 class UnknownName(LookupError):
@@ -77,6 +87,7 @@ def environment(
         site=view,
         ICON_MAP=view.icons,
         icon_map_json=icon_map_json(view.icons),
+        content_security_policy=CONTENT_SECURITY_POLICY,
         icon=icon,
         asset_url=asset_url,
         integrity=integrity,
@@ -138,8 +149,9 @@ class _LoadingOrder:
 
 
 def icon_map_json(icons: dict[str, IconRef]) -> str:
-    """ICON_MAP as a JSON object, for `|safe` inside <script>: <, >, & and U+2028/9 are escaped,
-    so no name or alt text can close the script element or break the JS string."""
+    """ICON_MAP as a JSON object, for `|safe` inside <script> (index.html puts it in a
+    <script type="application/json"> data block that site.js parses): <, >, & and U+2028/9 are
+    escaped, so no name or alt text can close the script element or break a JS string."""
     data = {
         name: {
             "alt": ref.alt,

@@ -137,7 +137,9 @@ class BuildProcess:
             self.child = None
         lines = tuple(line for line in err.splitlines() if line.strip())
         if code != 0 and code != 124:
-            summary = next((line for line in reversed(lines) if "error" in line), summary or f"exit {code}")
+            # "pipeline: error: ..." for an expected failure; a crash's last traceback line otherwise
+            fallback = f"exit {code}: {lines[-1]}" if lines else summary or f"exit {code}"
+            summary = next((line for line in reversed(lines) if "error" in line.lower()), fallback)
         return RunOutcome(number, code, time.monotonic() - started, summary, lines if code == 0 else ())
 
     def terminate(self) -> None:

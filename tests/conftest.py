@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,11 +66,16 @@ def local_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         thread.join(5)
 
 
-def run_cli(site: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    site: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """`python -m pipeline ARGS --site SITE` in a subprocess, as a user would run it."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args, "--site", str(site)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
         env={**os.environ, **(env or {})},
     )
 
@@ -87,6 +92,7 @@ FIGURE_PREFIX = "figure: "
 def record_figure(request: pytest.FixtureRequest):
     def record(label: str, value: object) -> None:
         request.node.user_properties.append((FIGURE_PREFIX + label, value))
+
     return record
 
 
@@ -96,7 +102,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         for report in reports:
             for name, value in getattr(report, "user_properties", ()):
                 if isinstance(name, str) and name.startswith(FIGURE_PREFIX):
-                    figures[(report.nodeid, name[len(FIGURE_PREFIX):])] = value
+                    figures[(report.nodeid, name[len(FIGURE_PREFIX) :])] = value
     if figures:
         terminalreporter.write_sep("-", "recorded figures")
         for (nodeid, label), value in figures.items():

@@ -89,7 +89,9 @@ def server_block(listen: str, root: Path | str, source: Path = SHIPPED_CONF) -> 
     for pattern, name in ((LISTEN, "listen"), (ROOT, "root")):
         found = len(pattern.findall(text))
         if found != 1:
-            raise AssertionError(f"{source} must have exactly one `{name}` line for the harness to rewrite; it has {found}")
+            raise AssertionError(
+                f"{source} must have exactly one `{name}` line for the harness to rewrite; it has {found}"
+            )
     text = LISTEN.sub(lambda m: f"{m.group(1)}listen {listen};", text)
     return ROOT.sub(lambda m: f"{m.group(1)}root {root};", text)
 
@@ -136,8 +138,12 @@ def check_config(prefix: Path, server_text: str) -> subprocess.CompletedProcess[
     binary = nginx_binary()
     assert binary, nginx_available()[1]
     conf = write_configs(prefix, server_text)
-    return subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                          capture_output=True, text=True, timeout=10)
+    return subprocess.run(
+        [binary, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
 
 
 # ---- permissions -------------------------------------------------------------------------------
@@ -156,7 +162,9 @@ def open_path_to(directory: Path) -> None:
         if mode & 0o001:
             continue
         if path != base and base not in path.parents:
-            raise PermissionError(f"{path} is not searchable by others (mode {oct(mode & 0o777)}); nginx workers cannot reach {directory}")
+            raise PermissionError(
+                f"{path} is not searchable by others (mode {oct(mode & 0o777)}); nginx workers cannot reach {directory}"
+            )
         os.chmod(path, (mode & 0o7777) | 0o001)
 
 
@@ -193,8 +201,9 @@ def _log_tail(prefix: Path, limit: int = 2000) -> str:
 
 
 @contextlib.contextmanager
-def served_site(site_dir: Path, *, source: Path = SHIPPED_CONF, root: Path | None = None,
-                attempts: int = 3) -> Iterator[str]:
+def served_site(
+    site_dir: Path, *, source: Path = SHIPPED_CONF, root: Path | None = None, attempts: int = 3
+) -> Iterator[str]:
     """Serve `site_dir`/dist/current (or `root`) with nginx and the shipped server block; yields
     the base URL. Retries on another port if the free port was taken in the meantime."""
     binary = nginx_binary()
@@ -211,7 +220,9 @@ def served_site(site_dir: Path, *, source: Path = SHIPPED_CONF, root: Path | Non
             (prefix / "error.log").unlink(missing_ok=True)
             process = subprocess.Popen(
                 [binary, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
             try:
@@ -220,7 +231,9 @@ def served_site(site_dir: Path, *, source: Path = SHIPPED_CONF, root: Path | Non
                     if process.poll() is not None:
                         break
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"nginx did not answer on 127.0.0.1:{port} within {START_TIMEOUT}s\n{_log_tail(prefix)}")
+                        raise RuntimeError(
+                            f"nginx did not answer on 127.0.0.1:{port} within {START_TIMEOUT}s\n{_log_tail(prefix)}"
+                        )
                     time.sleep(0.02)
                 if process.poll() is not None:
                     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""

@@ -12,6 +12,7 @@ import email.utils
 import gzip
 import hashlib
 import io
+import ipaddress
 import select
 import socket
 import ssl
@@ -35,12 +36,40 @@ ENDLESS_CHUNK = 16 * 1024
 STOP_TIMEOUT = 5.0  # stop() fails loudly if a handler thread outlives this
 
 
-def self_signed(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A certificate for 127.0.0.1 made with the openssl CLI: (server context, client context trusting it)."""
+def self_signed(directory: Path, name: str = "127.0.0.1") -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A certificate for `name` (an IP address or a host name) made with the openssl CLI: (server context,
+    client context trusting it)."""
     cert, key = directory / "origin.crt", directory / "origin.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=30)
+    try:
+        ipaddress.ip_address(name)
+        subject_alt_name = f"IP:{name}"
+    except ValueError:
+        subject_alt_name = f"DNS:{name}"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName={subject_alt_name}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
     client = ssl.create_default_context(cafile=str(cert))
@@ -51,8 +80,13 @@ def make_png(seed: int = 0, size: int = 16) -> bytes:
     """A real RGBA PNG (a gradient, shifted by seed) that stage 2 can decode."""
     image = Image.new("RGBA", (size, size))
     step = 255 // max(1, size - 1)
-    image.putdata([((x * step + seed) % 256, (y * step) % 256, (x + y) * 7 % 256, 128 + (x * y) % 128)
-                   for y in range(size) for x in range(size)])
+    image.putdata(
+        [
+            ((x * step + seed) % 256, (y * step) % 256, (x + y) * 7 % 256, 128 + (x * y) % 128)
+            for y in range(size)
+            for x in range(size)
+        ]
+    )
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
@@ -69,8 +103,8 @@ class Seen:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, png: bytes, tls: ssl.SSLContext | None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, png: bytes, tls: ssl.SSLContext | None, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        super().__init__(address, _Handler)
         self.png = png
         self.tls = tls
         self.etag = f'"ok-{hashlib.sha256(png).hexdigest()[:16]}"'
@@ -172,7 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.stop_event.wait(DRIP_INTERVAL):
                 return
             try:
-                self.wfile.write(data[i % len(data):i % len(data) + 1])
+                self.wfile.write(data[i % len(data) : i % len(data) + 1])
             except OSError:
                 self.server.left(urlsplit(self.path).path).set()
                 return
@@ -288,6 +322,10 @@ class _Handler(BaseHTTPRequestHandler):
     def redirect_ok(self) -> None:
         self._send(302, headers={"Location": "/ok.png"})
 
+    def codes(self) -> None:
+        """A codes feed (fetch_feed)."""
+        self._send(200, b'{"codes": []}', {"Content-Type": "application/json", "ETag": '"codes-1"'})
+
     def redirect_to(self) -> None:
         """302 to whatever `?to=` names (SSRF tests)."""
         target = parse_qs(urlsplit(self.path).query).get("to", ["/ok.png"])[0]
@@ -326,6 +364,7 @@ ROUTES = {
     "/429.png": _Handler.too_many,
     "/downgrade": _Handler.downgrade,
     "/gzip.png": _Handler.gzipped,
+    "/codes.json": _Handler.codes,
 }
 
 
@@ -338,9 +377,14 @@ class ScriptedOrigin:
         self.etag = server.etag
         self.last_modified = LAST_MODIFIED
 
-    def url(self, path: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{'https' if self._server.tls else 'http'}://{host}:{port}{path}"
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def url(self, path: str, host: str | None = None) -> str:
+        """The URL of `path`; by the server's address, or by `host` (a name some resolver maps to it)."""
+        host = host or str(self._server.server_address[0])
+        return f"{'https' if self._server.tls else 'http'}://{host}:{self.port}{path}"
 
     def requests(self, path: str | None = None) -> list[Seen]:
         """Every request so far, in arrival order; only those for `path` if given."""
@@ -356,9 +400,12 @@ class ScriptedOrigin:
 
 
 @contextmanager
-def serve(png: bytes | None = None, tls: ssl.SSLContext | None = None) -> Iterator[ScriptedOrigin]:
-    """Run the origin for the duration of the block; stop it and join every thread (bounded) after."""
-    server = _Server(png if png is not None else make_png(), tls)
+def serve(
+    png: bytes | None = None, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[ScriptedOrigin]:
+    """Run the origin on host:port (default: 127.0.0.1, a free port) for the duration of the block; stop it and
+    join every thread (bounded) after."""
+    server = _Server(png if png is not None else make_png(), tls, (host, port))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

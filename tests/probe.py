@@ -81,8 +81,15 @@ class ProbeStats:
 
 
 class Probe:
-    def __init__(self, base: str, threads: int = 2, timeout: float = 2.0, join_timeout: float = 10.0,
-                 pause: float = 0.0, paths: tuple[str, ...] = ("/", "/codes.json")) -> None:
+    def __init__(
+        self,
+        base: str,
+        threads: int = 2,
+        timeout: float = 2.0,
+        join_timeout: float = 10.0,
+        pause: float = 0.0,
+        paths: tuple[str, ...] = ("/", "/codes.json"),
+    ) -> None:
         host = urlsplit(base).hostname
         if host != "127.0.0.1":
             raise ValueError(f"the probe only talks to 127.0.0.1, not {host!r}")
@@ -153,13 +160,23 @@ class Probe:
             s = self.stats
             seconds = (self.stopped or time.monotonic()) - self.started if self.started else 0.0
             return {
-                "requests": s.requests, "pages": s.pages, "seconds": round(seconds, 2),
+                "requests": s.requests,
+                "pages": s.pages,
+                "seconds": round(seconds, 2),
                 "requests_per_second": round(s.requests / seconds, 1) if seconds else 0.0,
-                "distinct_pages": len(self.pages_seen), "errors": self.errors,
-                "non_200": s.non_200_count, "torn": s.torn_count, "no_build_meta": s.no_build,
-                "missing_assets": s.missing_count, "transport_errors": s.transport_count,
-                "examples": {"non_200": list(s.non_200), "torn": list(s.torn),
-                             "missing_assets": list(s.missing_assets), "transport": list(s.transport_errors)},
+                "distinct_pages": len(self.pages_seen),
+                "errors": self.errors,
+                "non_200": s.non_200_count,
+                "torn": s.torn_count,
+                "no_build_meta": s.no_build,
+                "missing_assets": s.missing_count,
+                "transport_errors": s.transport_count,
+                "examples": {
+                    "non_200": list(s.non_200),
+                    "torn": list(s.torn),
+                    "missing_assets": list(s.missing_assets),
+                    "transport": list(s.transport_errors),
+                },
             }
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -169,8 +186,14 @@ class Probe:
             timeout = httpx.Timeout(self.timeout)
             limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
             headers = {"Accept-Encoding": "gzip" if number % 2 == 0 else "identity"}
-            with httpx.Client(base_url=self.base, timeout=timeout, limits=limits, trust_env=False,
-                              follow_redirects=False, headers=headers) as client:
+            with httpx.Client(
+                base_url=self.base,
+                timeout=timeout,
+                limits=limits,
+                trust_env=False,
+                follow_redirects=False,
+                headers=headers,
+            ) as client:
                 while not self.stop_event.is_set():
                     self._round(client)
                     if self.pause:

@@ -7,9 +7,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-STAGES = {"fetch", "encode", "fingerprint", "render", "minify", "publish"}
+STAGES = {"fetch", "encode", "fingerprint", "render", "minify", "publish", "bucket"}  # bucket: the S3 Target
 SHARED = {"model", "errors", "files"}  # the vocabulary, the error tree, the one way to write a file
-OWN_HELPERS = {"publish": {"gate", "retention"}}  # the pre-switch gate and the retention rule
+OWN_HELPERS = {"publish": {"gate", "retention"}, "bucket": {"retention"}}  # the pre-switch gate and the retention rule
 
 
 def pipeline_imports(module: str) -> set[str]:
@@ -42,8 +42,11 @@ def test_only_cli_prints() -> None:
     for path in PACKAGE.glob("*.py"):
         if path.stem in ("cli", "__main__"):
             continue
-        calls = [n for n in ast.walk(ast.parse(path.read_text()))
-                 if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"]
+        calls = [
+            n
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"
+        ]
         assert not calls, f"{path.name} prints"
 
 

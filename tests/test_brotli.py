@@ -21,7 +21,12 @@ CSS = b".code{font-family:monospace;letter-spacing:.05em}\n" * 40
 
 def files(version: str, css_name: str) -> dict[str, bytes]:
     page = f'<!doctype html><link rel=stylesheet href="/assets/{css_name}"><p>{version}</p>' + "<p>row</p>" * 200
-    return {"index.html": page.encode(), f"assets/{css_name}": CSS, "robots.txt": b"x", "assets/a.1111.png": b"\x89PNG" * 300}
+    return {
+        "index.html": page.encode(),
+        f"assets/{css_name}": CSS,
+        "robots.txt": b"x",
+        "assets/a.1111.png": b"\x89PNG" * 300,
+    }
 
 
 def test_each_compressible_file_of_a_built_release_has_a_br_that_decompresses_to_it(site: Path) -> None:

@@ -50,17 +50,29 @@ pytestmark = [pytest.mark.browser, pytest.mark.nginx]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
 ]
 ARTIFACTS = REPO / "test-artifacts"
 VIEWPORT = {"width": 1280, "height": 800}
-TIMEOUT_MS = 10_000          # every Playwright wait (navigation, wait_for_function, screenshot)
+TIMEOUT_MS = 10_000  # every Playwright wait (navigation, wait_for_function, screenshot)
 LAUNCH_TIMEOUT_MS = 30_000
-HTTP_TIMEOUT = 5.0           # httpx, per request
-WEIGHT_BUDGET = 64_000       # bytes on the wire for the whole page; it is ~20 kB today
-MEDIA_TYPES = {".avif": "image/avif", ".webp": "image/webp", ".png": "image/png", ".css": "text/css",
-               ".html": "text/html", "/": "text/html"}
+HTTP_TIMEOUT = 5.0  # httpx, per request
+WEIGHT_BUDGET = 64_000  # bytes on the wire for the whole page; it is ~20 kB today
+MEDIA_TYPES = {
+    ".avif": "image/avif",
+    ".webp": "image/webp",
+    ".png": "image/png",
+    ".css": "text/css",
+    ".html": "text/html",
+    "/": "text/html",
+}
 SOURCE_TAG = re.compile(r"<source\b[^>]*>", re.IGNORECASE)
 # Chromium asks for the site icon by itself: the <link rel=icon> PNG the pages name, or
 # /favicon.ico. It is not part of what the page draws, so it is kept out of the page weight and
@@ -97,7 +109,7 @@ def require_chromium() -> None:
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    kind: str     # http, network, console, script, image, markup, layout, icon_map, old_browser
+    kind: str  # http, network, console, script, image, markup, layout, icon_map, old_browser
     subject: str  # the URL path at fault (or "" when there is none)
     detail: str
 
@@ -109,17 +121,17 @@ class Problem:
 class Visit:
     mode: str
     javascript: bool
-    dpr: float = 1.0                                               # the emulated device scale factor
+    dpr: float = 1.0  # the emulated device scale factor
     base: str = ""
     problems: list[Problem] = field(default_factory=list)
-    images: list[dict[str, Any]] = field(default_factory=list)    # one per <img>, in page order
+    images: list[dict[str, Any]] = field(default_factory=list)  # one per <img>, in page order
     resources: list[dict[str, Any]] = field(default_factory=list)  # navigation + resource timing
-    requested: list[str] = field(default_factory=list)            # every request path, in order
+    requested: list[str] = field(default_factory=list)  # every request path, in order
     accept_encoding: str = ""
-    layout_shift: float | None = None                             # None: not measurable (no JS)
-    shifted_near: list[str] = field(default_factory=list)         # images next to what moved
-    boxes_before: list[list[float]] | None = None                 # held: boxes before any image
-    loaded_before: int | None = None                              # held: images loaded by then
+    layout_shift: float | None = None  # None: not measurable (no JS)
+    shifted_near: list[str] = field(default_factory=list)  # images next to what moved
+    boxes_before: list[list[float]] | None = None  # held: boxes before any image
+    loaded_before: int | None = None  # held: images loaded by then
     notes: list[str] = field(default_factory=list)
 
     def problem(self, kind: str, subject: str, detail: str) -> None:
@@ -206,7 +218,7 @@ def strip_sources(html: str) -> str:
 
 
 def candidates(srcset: str) -> list[tuple[str, float]]:
-    """"a 1x, b 1.6x" -> [("a", 1.0), ("b", 1.6)] (density descriptors only: that is what we write)."""
+    """ "a 1x, b 1.6x" -> [("a", 1.0), ("b", 1.6)] (density descriptors only: that is what we write)."""
     out = []
     for part in filter(None, (p.strip() for p in srcset.split(","))):
         url, _, descriptor = part.partition(" ")
@@ -245,8 +257,16 @@ def expected_density(image: dict[str, Any], dpr: float, old: bool) -> float:
     return pick(candidates(srcset) if srcset else img_candidates(image), dpr)[1]
 
 
-def visit(browser: Any, base: str, *, mode: str = "modern", javascript: bool = True,
-          check_icon_map: bool = True, screenshot: Path | None = None, dpr: float = 1.0) -> Visit:
+def visit(
+    browser: Any,
+    base: str,
+    *,
+    mode: str = "modern",
+    javascript: bool = True,
+    check_icon_map: bool = True,
+    screenshot: Path | None = None,
+    dpr: float = 1.0,
+) -> Visit:
     """Load `base`/ in a fresh context as `mode` ("modern", "old" or "held") on a screen of
     device scale factor `dpr`, scroll the whole page so every lazy icon loads, and return what
     was seen plus every Problem found."""
@@ -260,8 +280,9 @@ def visit(browser: Any, base: str, *, mode: str = "modern", javascript: bool = T
         else:
             route.continue_()
 
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=dpr, java_script_enabled=javascript,
-                                  service_workers="block")
+    context = browser.new_context(
+        viewport=VIEWPORT, device_scale_factor=dpr, java_script_enabled=javascript, service_workers="block"
+    )
     try:
         context.set_default_timeout(TIMEOUT_MS)
         context.set_default_navigation_timeout(TIMEOUT_MS)
@@ -275,7 +296,9 @@ def visit(browser: Any, base: str, *, mode: str = "modern", javascript: bool = T
         elif mode != "modern":
             raise ValueError(mode)
 
-        response = page.goto(base + "/", wait_until="domcontentloaded" if mode == "held" else "load", timeout=TIMEOUT_MS)
+        response = page.goto(
+            base + "/", wait_until="domcontentloaded" if mode == "held" else "load", timeout=TIMEOUT_MS
+        )
         if mode == "held":
             scroll_through(page)  # every lazy icon is requested now, and held
             before = page.evaluate(DESCRIBE_IMAGES)
@@ -287,7 +310,7 @@ def visit(browser: Any, base: str, *, mode: str = "modern", javascript: bool = T
             page.wait_for_load_state("load", timeout=TIMEOUT_MS)
         if response is None or response.status != 200:
             result.problem("http", "/", f"the page answered {response.status if response else 'nothing'}")
-        result.accept_encoding = (response.request.all_headers().get("accept-encoding", "") if response else "")
+        result.accept_encoding = response.request.all_headers().get("accept-encoding", "") if response else ""
         scroll_through(page)
         try:
             page.wait_for_function(ALL_IMAGES_SETTLED, timeout=TIMEOUT_MS, polling=50)
@@ -314,8 +337,11 @@ def visit(browser: Any, base: str, *, mode: str = "modern", javascript: bool = T
         if result.layout_shift is None:
             result.problem("layout", "", "layout-shift entries could not be observed")
         elif result.layout_shift > 0:
-            result.problem("layout", " ".join(p for p in result.shifted_near if p),
-                           f"cumulative layout shift {result.layout_shift:.4f}, expected 0")
+            result.problem(
+                "layout",
+                " ".join(p for p in result.shifted_near if p),
+                f"cumulative layout shift {result.layout_shift:.4f}, expected 0",
+            )
     if check_icon_map and javascript and mode == "modern":
         _check_icon_map(result, base, icon_map)
     result.problems.sort()
@@ -376,13 +402,17 @@ def _old_browser_route(result: Visit) -> Callable[[Any], None]:
         request = route.request
         if request.resource_type == "document":
             upstream = route.fetch(timeout=TIMEOUT_MS)
-            headers = {k: v for k, v in upstream.headers.items()
-                       if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")}
+            headers = {
+                k: v
+                for k, v in upstream.headers.items()
+                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+            }
             route.fulfill(status=upstream.status, headers=headers, body=strip_sources(upstream.text()))
         elif path_of(request.url).endswith((".webp", ".avif")):
             route.abort()
         else:
             route.continue_()
+
     return handle
 
 
@@ -396,7 +426,9 @@ def _check_images(result: Visit, icon_map: dict[str, Any] | None) -> None:
         if result.mode == "old":
             expected = pick(img_candidates(image), result.dpr)[0]
             if image["sources"]:
-                result.problem("old_browser", image["sources"][0]["srcset"], f"{label}: <source> left in the old-browser page")
+                result.problem(
+                    "old_browser", image["sources"][0]["srcset"], f"{label}: <source> left in the old-browser page"
+                )
         else:
             expected = best_source(image, result.dpr)
             if not image["inPicture"]:
@@ -411,7 +443,9 @@ def _check_images(result: Visit, icon_map: dict[str, Any] | None) -> None:
             result.problem("old_browser", shown, f"{label} does not show a PNG")
         width, height = image["width"], image["height"]
         if not (width and height and width.isdigit() and height.isdigit()):
-            result.problem("markup", image["src"] or "", f"{label} lacks numeric width/height attributes ({width!r}, {height!r})")
+            result.problem(
+                "markup", image["src"] or "", f"{label} lacks numeric width/height attributes ({width!r}, {height!r})"
+            )
         elif image["naturalWidth"] > 0:
             # naturalWidth is density-corrected (a 64 px file picked as 1.6x reports 40): it must be
             # the box; the file itself must have the pixels of the box at that density.
@@ -419,9 +453,13 @@ def _check_images(result: Visit, icon_map: dict[str, Any] | None) -> None:
             wanted = (round(int(width) * density), round(int(height) * density))
             pixels = image_pixels(result.base, shown)
             if (image["naturalWidth"], image["naturalHeight"]) != (int(width), int(height)) or pixels != wanted:
-                result.problem("image", shown, f"{label} is a {pixels[0]}x{pixels[1]} file shown at "
-                                               f"{image['naturalWidth']}x{image['naturalHeight']}, but {width}x{height} "
-                                               f"at {density:g}x wants a {wanted[0]}x{wanted[1]} file")
+                result.problem(
+                    "image",
+                    shown,
+                    f"{label} is a {pixels[0]}x{pixels[1]} file shown at "
+                    f"{image['naturalWidth']}x{image['naturalHeight']}, but {width}x{height} "
+                    f"at {density:g}x wants a {wanted[0]}x{wanted[1]} file",
+                )
         if icon_map is not None and result.mode != "old":
             _check_against_icon_map(result, image, label, by_png)
     if icon_map is not None and result.mode != "old":
@@ -439,8 +477,9 @@ def image_pixels(base: str, path: str) -> tuple[int, int]:
         return decoded.size
 
 
-def _check_against_icon_map(result: Visit, image: dict[str, Any], label: str,
-                            by_png: dict[str | None, tuple[str, dict[str, Any]]]) -> None:
+def _check_against_icon_map(
+    result: Visit, image: dict[str, Any], label: str, by_png: dict[str | None, tuple[str, dict[str, Any]]]
+) -> None:
     """The <picture> offers exactly the files ICON_MAP lists for that icon, at its size."""
     if image["src"] not in by_png:
         result.problem("markup", image["src"] or "", f"{label}: its PNG is in no ICON_MAP entry")
@@ -450,12 +489,22 @@ def _check_against_icon_map(result: Visit, image: dict[str, Any], label: str,
     listed = entry.get("srcset") or {}
     for fmt in ("avif", "webp"):
         if offered.get(f"image/{fmt}") != listed.get(fmt):
-            strays = [url for url, _d in candidates(offered.get(f"image/{fmt}") or "")
-                      if url not in {u for u, _d in candidates(listed.get(fmt) or "")}]
-            result.problem("markup", (strays or [listed.get(fmt) or ""])[0],
-                           f"{label}: {fmt} <source> is {offered.get(f'image/{fmt}')!r}, ICON_MAP[{name!r}] says {listed.get(fmt)!r}")
+            strays = [
+                url
+                for url, _d in candidates(offered.get(f"image/{fmt}") or "")
+                if url not in {u for u, _d in candidates(listed.get(fmt) or "")}
+            ]
+            result.problem(
+                "markup",
+                (strays or [listed.get(fmt) or ""])[0],
+                f"{label}: {fmt} <source> is {offered.get(f'image/{fmt}')!r}, ICON_MAP[{name!r}] says {listed.get(fmt)!r}",
+            )
     if (image["width"], image["height"]) != (str(entry.get("width")), str(entry.get("height"))):
-        result.problem("markup", image["src"], f"{label}: {image['width']}x{image['height']} but ICON_MAP[{name!r}] says {entry.get('width')}x{entry.get('height')}")
+        result.problem(
+            "markup",
+            image["src"],
+            f"{label}: {image['width']}x{image['height']} but ICON_MAP[{name!r}] says {entry.get('width')}x{entry.get('height')}",
+        )
 
 
 def _check_icon_map(result: Visit, base: str, icon_map: dict[str, Any] | None) -> None:
@@ -469,8 +518,11 @@ def _check_icon_map(result: Visit, base: str, icon_map: dict[str, Any] | None) -
             for key in ("png", "webp", "width", "height", "alt", "srcset"):
                 if key not in entry:
                     result.problem("icon_map", "", f"ICON_MAP[{name!r}] has no {key!r}")
-            files = [(fmt, url, density) for fmt in ("avif", "webp", "png")
-                     for url, density in candidates((entry.get("srcset") or {}).get(fmt) or "")]
+            files = [
+                (fmt, url, density)
+                for fmt in ("avif", "webp", "png")
+                for url, density in candidates((entry.get("srcset") or {}).get(fmt) or "")
+            ]
             if entry.get("png") and (("png", entry["png"], 1.0) not in files):
                 result.problem("icon_map", entry["png"], f"ICON_MAP[{name!r}].png is not its srcset's 1x")
             for fmt, url, density in files:
@@ -489,8 +541,12 @@ def _check_icon_map(result: Visit, base: str, icon_map: dict[str, Any] | None) -
                     continue
                 box = (entry.get("width") or 0, entry.get("height") or 0)
                 if size != (round(box[0] * density), round(box[1] * density)):
-                    result.problem("icon_map", url, f"ICON_MAP[{name!r}].{fmt} at {density:g}x is {size[0]}x{size[1]}, "
-                                                    f"the entry's box is {box[0]}x{box[1]}")
+                    result.problem(
+                        "icon_map",
+                        url,
+                        f"ICON_MAP[{name!r}].{fmt} at {density:g}x is {size[0]}x{size[1]}, "
+                        f"the entry's box is {box[0]}x{box[1]}",
+                    )
 
 
 # ---- page weight -----------------------------------------------------------------------------
@@ -507,8 +563,11 @@ def weight(result: Visit, only: set[str] | None = None) -> dict[str, Any]:
     """Requests and bytes, from Resource Timing. `body` is encodedBodySize (the bytes of the body as
     sent: gzip for HTML and CSS); `transfer` is transferSize, which Chromium reports as the body
     plus a flat 300 bytes for the headers."""
-    entries = [e for e in result.resources if not is_site_icon(e["path"])
-               and (only is None or e["path"] in only or e["type"] == "document")]
+    entries = [
+        e
+        for e in result.resources
+        if not is_site_icon(e["path"]) and (only is None or e["path"] in only or e["type"] == "document")
+    ]
     by_kind: dict[str, dict[str, int]] = {}
     for entry in entries:
         slot = by_kind.setdefault(kind_of(entry), {"requests": 0, "transfer": 0, "body": 0, "decoded": 0})
@@ -570,8 +629,9 @@ def browser() -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         # launch() gives Chromium a fresh temporary profile (user-data-dir) and removes it on close.
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                              timeout=LAUNCH_TIMEOUT_MS)
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
+        )
         try:
             yield chromium
         finally:
@@ -621,8 +681,9 @@ def test_modern_browser_shows_every_icon_in_its_best_format(modern: Visit, built
     assert all(image["complete"] and image["naturalWidth"] > 0 for image in modern.images)
     assert [s.rsplit(".", 1)[-1] for s in shown] == [best_source(i).rsplit(".", 1)[-1] for i in modern.images]
     assert all(s.endswith((".avif", ".webp")) for s in shown)  # AVIF where an icon kept it, else WebP
-    assert not any(p.endswith(".png") and p.startswith("/assets/icons/") for p in modern.requested), \
+    assert not any(p.endswith(".png") and p.startswith("/assets/icons/") for p in modern.requested), (
         "a modern browser fetched a PNG fallback"
+    )
     assert "gzip" in modern.accept_encoding
 
 
@@ -678,42 +739,55 @@ def test_page_weight(modern: Visit, old: Visit, record_figure: Callable[[str, An
         "viewport": VIEWPORT,
         "accept_encoding": modern.accept_encoding,
         "note": "transfer = body + Chromium's flat 300-byte header estimate per response; "
-                "body = encodedBodySize (gzip for HTML/CSS via gzip_static); no caches (fresh context)",
+        "body = encodedBodySize (gzip for HTML/CSS via gzip_static); no caches (fresh context)",
         "modern_above_the_fold": first,
         "modern_full_page": full,
-        "old_browser_full_page": {**legacy, "note": "HTML fulfilled by the test without <source>s, uncompressed; icons are the PNGs"},
-        "not_counted": {"favicon": sorted(set(modern.notes)),
-                        "favicon_timing": [e for e in modern.resources if is_site_icon(e["path"])]},
+        "old_browser_full_page": {
+            **legacy,
+            "note": "HTML fulfilled by the test without <source>s, uncompressed; icons are the PNGs",
+        },
+        "not_counted": {
+            "favicon": sorted(set(modern.notes)),
+            "favicon_timing": [e for e in modern.resources if is_site_icon(e["path"])],
+        },
     }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "page-weight.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     icons = full["by_kind"].get("avif", {}).get("body", 0) + full["by_kind"].get("webp", {}).get("body", 0)
-    record_figure("page weight, modern, full page",
-                  f"{full['requests']} requests, {full['transfer_bytes']:,} B transferred "
-                  f"(bodies {full['body_bytes']:,} B: HTML {full['by_kind']['html']['body']:,} gz, "
-                  f"CSS {full['by_kind']['css']['body']:,} gz, icons {icons:,})")
-    record_figure("page weight, modern, above the fold at 1280x800",
-                  f"{first['requests']} requests, {first['transfer_bytes']:,} B transferred (bodies {first['body_bytes']:,} B)")
+    record_figure(
+        "page weight, modern, full page",
+        f"{full['requests']} requests, {full['transfer_bytes']:,} B transferred "
+        f"(bodies {full['body_bytes']:,} B: HTML {full['by_kind']['html']['body']:,} gz, "
+        f"CSS {full['by_kind']['css']['body']:,} gz, icons {icons:,})",
+    )
+    record_figure(
+        "page weight, modern, above the fold at 1280x800",
+        f"{first['requests']} requests, {first['transfer_bytes']:,} B transferred (bodies {first['body_bytes']:,} B)",
+    )
     png = legacy["by_kind"].get("png", {})
-    record_figure("page weight, old browser (PNG)",
-                  f"{legacy['requests']} requests, icons {png.get('body', 0):,} B in {png.get('requests', 0)} PNGs")
+    record_figure(
+        "page weight, old browser (PNG)",
+        f"{legacy['requests']} requests, icons {png.get('body', 0):,} B in {png.get('requests', 0)} PNGs",
+    )
     for note in sorted(set(modern.notes)):
         record_figure("note", note)
 
     kinds = full["by_kind"]
-    assert set(kinds) <= {"html", "css", "avif", "webp"}, kinds
+    assert set(kinds) <= {"html", "css", "js", "avif", "webp"}, kinds
     assert kinds["html"]["requests"] == 1 and kinds["css"]["requests"] == 1
     for kind in ("html", "css"):
         assert 0 < kinds[kind]["body"] < kinds[kind]["decoded"], f"{kind} was not served compressed: {kinds[kind]}"
     distinct_icons = {path_of(i["currentSrc"]) for i in modern.images}
-    assert full["requests"] == 2 + len(distinct_icons)
+    assert full["requests"] == 3 + len(distinct_icons)  # the page, style.css, site.js and the icons
     assert first["requests"] <= full["requests"]
     assert full["transfer_bytes"] < WEIGHT_BUDGET
     assert png.get("body", 0) > icons, "the PNG fallbacks should weigh more than the AVIF/WebP the page serves"
 
 
-def test_checker_reports_a_missing_fallback_png(browser: Any, built_site: Path, nginx_server: Callable[..., str]) -> None:
+def test_checker_reports_a_missing_fallback_png(
+    browser: Any, built_site: Path, nginx_server: Callable[..., str]
+) -> None:
     release = doctored_release(built_site, "missing-png")
     png = re.search(r'<img src="(/assets/icons/boopon\.[0-9a-f]+\.png)"', served_html(built_site)).group(1)
     (release / png.lstrip("/")).unlink()
@@ -723,13 +797,16 @@ def test_checker_reports_a_missing_fallback_png(browser: Any, built_site: Path, 
     assert {(p.kind, p.subject) for p in modern.problems} == {("icon_map", png)}, modern.report()
 
     old = visit(browser, base, mode="old")
-    assert {(p.kind, p.subject) for p in old.problems} == {("http", png), ("console", png), ("image", png)}, old.report()
+    assert {(p.kind, p.subject) for p in old.problems} == {("http", png), ("console", png), ("image", png)}, (
+        old.report()
+    )
     broken = [p for p in old.problems if p.kind == "image"]
     assert len(broken) == sum(1 for i in old.images if i["src"] == png) >= 1
 
 
-def test_checker_reports_a_source_pointing_at_a_missing_file(browser: Any, built_site: Path,
-                                                            nginx_server: Callable[..., str]) -> None:
+def test_checker_reports_a_source_pointing_at_a_missing_file(
+    browser: Any, built_site: Path, nginx_server: Callable[..., str]
+) -> None:
     html = served_html(built_site)
     best = re.search(r'<source type="image/\w+" srcset="(/assets/icons/polychrome\.[0-9a-f]+\.(\w+)) 1x', html)
     missing = f"/assets/icons/polychrome.0000000000.{best.group(2)}"
@@ -741,7 +818,11 @@ def test_checker_reports_a_source_pointing_at_a_missing_file(browser: Any, built
     # The broken <img> has alt="" (its name is printed beside it), so it keeps its CSS box and
     # nothing moves: no layout shift, just the one missing file.
     assert {(p.kind, p.subject) for p in modern.problems} == {
-        ("http", missing), ("console", missing), ("image", missing), ("markup", missing)}, modern.report()
+        ("http", missing),
+        ("console", missing),
+        ("image", missing),
+        ("markup", missing),
+    }, modern.report()
     assert len([p for p in modern.problems if p.kind == "image"]) == 1  # only that one <picture>
 
     old = visit(browser, base, mode="old")  # an old browser never sees the <source>
@@ -765,8 +846,9 @@ def source_widths(site: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("dpr", [1, 2, 3])
-def test_each_screen_density_loads_the_icon_file_of_its_size(browser: Any, server: str, built_site: Path, dpr: int,
-                                                             record_figure: Callable[[str, Any], None]) -> None:
+def test_each_screen_density_loads_the_icon_file_of_its_size(
+    browser: Any, server: str, built_site: Path, dpr: int, record_figure: Callable[[str, Any], None]
+) -> None:
     """At device scale factor 1, 2 and 3 every icon shows the file whose natural width is
     min(display x DPR, source width), in AVIF or WebP; with WebP, AVIF and <picture> gone, the PNG
     of that same size."""
@@ -783,8 +865,11 @@ def test_each_screen_density_loads_the_icon_file_of_its_size(browser: Any, serve
             assert (image["width"], image["height"]) == (str(DISPLAY), str(DISPLAY))
     assert [i["box"] for i in old.images] == [i["box"] for i in modern.images]
     icons = {k: v["body"] for k, v in weight(modern)["by_kind"].items() if k in ("avif", "webp")}
-    record_figure(f"icon bytes at DPR {dpr}", f"modern {sum(icons.values()):,} B {icons}; "
-                                             f"old browser {weight(old)['by_kind'].get('png', {}).get('body', 0):,} B of PNG")
+    record_figure(
+        f"icon bytes at DPR {dpr}",
+        f"modern {sum(icons.values()):,} B {icons}; "
+        f"old browser {weight(old)['by_kind'].get('png', {}).get('body', 0):,} B of PNG",
+    )
 
 
 def test_the_first_screen_of_icons_loads_eagerly(built_site: Path) -> None:

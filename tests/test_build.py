@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +39,7 @@ class Pictures(HTMLParser):
 
 
 def srcset(value: str) -> list[tuple[str, str]]:
-    """"a.png 1x, b.png 2x" -> [("a.png", "1x"), ("b.png", "2x")]."""
+    """ "a.png 1x, b.png 2x" -> [("a.png", "1x"), ("b.png", "2x")]."""
     return [tuple(part.split()) for part in value.split(",") if part.strip()]  # type: ignore[misc]
 
 
@@ -89,12 +89,19 @@ def test_default_site_builds_and_every_reference_resolves(site: Path) -> None:
                 assert url.endswith("." + source["type"].split("/")[1])
                 assert Image.open(live / url.lstrip("/")).width == round(40 * float(descriptor[:-1]))
     # ICON_MAP, as injected into the page, matches the manifest.
-    icon_map = json.loads(re.search(r"const ICON_MAP = (.*?);</script>", (live / "index.html").read_text()).group(1))
-    spec_names = [line.split(":")[0] for line in (site / "icon_map.yaml").read_text().splitlines()
-                  if line and not line.startswith((" ", "#"))]
+    icon_map = json.loads(
+        re.search(
+            r'<script type="application/json" id="icon-map">(.*?)</script>', (live / "index.html").read_text()
+        ).group(1)
+    )
+    spec_names = [
+        line.split(":")[0]
+        for line in (site / "icon_map.yaml").read_text().splitlines()
+        if line and not line.startswith((" ", "#"))
+    ]
     assert sorted(icon_map) == sorted(spec_names)
     by_url = {entry["url"]: entry for entry in manifest.values()}
-    for name, entry in icon_map.items():
+    for entry in icon_map.values():
         for fmt in ("png", "webp", "avif"):
             if fmt in entry:
                 assert by_url[entry[fmt]]["type"] == f"image/{fmt}"
@@ -206,9 +213,13 @@ def test_a_decoder_crash_costs_the_icon_not_the_run(site: Path) -> None:
 
 
 def test_sigterm_stops_before_the_switch_and_removes_staging(cold_site: Path) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "1",
-                                "--site", str(cold_site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "1", "--site", str(cold_site)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     deadline = time.monotonic() + 20
     while not (cold_site / ".cache" / "encode").exists() and time.monotonic() < deadline:
         time.sleep(0.02)  # encoding has begun
@@ -245,9 +256,13 @@ def test_a_torn_or_edited_cache_entry_is_encoded_again_and_unused_entries_are_pr
 
 
 def test_sigint_keeps_what_was_encoded_and_the_next_run_reuses_it(cold_site: Path) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "1",
-                                "--site", str(cold_site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "1", "--site", str(cold_site)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     entries = cold_site / ".cache" / "encode"
     deadline = time.monotonic() + 60
     while len([p for p in entries.glob("??/*") if p.is_dir()]) < 2 and time.monotonic() < deadline:
@@ -268,4 +283,6 @@ def test_version_and_a_help_written_for_users() -> None:
     usage = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=REPO)
     assert "Build a static site ahead of time" in usage.stdout and "argv ->" not in usage.stdout
     for command in ("build", "icons", "refresh"):
-        assert re.search(rf"^\s+{command}\s+\S", usage.stdout, re.M), command  # each command, one line of what it is for
+        assert re.search(rf"^\s+{command}\s+\S", usage.stdout, re.M), (
+            command
+        )  # each command, one line of what it is for

@@ -37,10 +37,14 @@ def png_bytes(image: Image.Image, **options: object) -> bytes:
 
 def png_header_only(width: int, height: int, bit_depth: int = 1, colour: int = 0) -> bytes:
     """A PNG whose IHDR claims width x height; the pixel data is a little compressed zeros."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    )
 
 
 # ---- decode: refusals -------------------------------------------------------------------------
@@ -53,11 +57,14 @@ def test_truncated_image_is_refused() -> None:
 
 
 def test_decompression_bomb_is_refused_before_decoding_pixels() -> None:
-    """20000 x 20000: refused from the header alone; the process stays small (measured in a child)."""
+    """20000 x 20000: refused from the header alone; the process stays small (measured in a child, by
+    its VmHWM: ru_maxrss would carry over the pytest parent's peak across the exec)."""
     bomb = png_header_only(20000, 20000)
-    code = ("import sys, resource; from pipeline.encode import decode; from pipeline.errors import ImageError\n"
-            "try:\n    decode(sys.stdin.buffer.read(), 'bomb')\nexcept ImageError as e:\n    print(e)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = (
+        "import sys, resource; from pipeline.encode import decode; from pipeline.errors import ImageError\n"
+        "try:\n    decode(sys.stdin.buffer.read(), 'bomb')\nexcept ImageError as e:\n    print(e)\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], input=bomb, capture_output=True, check=True, cwd=REPO).stdout
     message, peak_kb = out.decode().strip().rsplit("\n", 1)
     assert "refused as a decompression bomb" in message
@@ -206,18 +213,22 @@ def test_encoding_is_deterministic() -> None:
 # ---- densities ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("source_size", "display", "densities", "expected"), [
-    ((256, 256), 40, (1, 2, 3), [Size(1, 40, 40), Size(2, 80, 80), Size(3, 120, 120)]),
-    ((64, 64), 40, (1, 2, 3), [Size(1, 40, 40), Size(1.6, 64, 64)]),  # capped, 3x dropped
-    ((80, 80), 40, (1, 2, 3), [Size(1, 40, 40), Size(2, 80, 80)]),  # 3x caps to 2x's size: dropped
-    ((30, 30), 40, (1, 2, 3), [Size(1, 30, 30)]),  # never upscaled
-    ((128, 64), 40, (1, 2, 3), [Size(1, 40, 20), Size(2, 80, 40), Size(3, 120, 60)]),  # aspect kept
-    ((64, 128), 40, (1, 2), [Size(1, 20, 40), Size(2, 40, 80)]),
-    ((256, 256), 0, (1, 2, 3), [Size(1, 256, 256)]),  # display 0: no resizing
-    ((256, 256), 40, (1, 1.5), [Size(1, 40, 40), Size(1.5, 60, 60)]),
-])
-def test_sizes_per_density(source_size: tuple[int, int], display: int, densities: tuple[float, ...],
-                           expected: list[Size]) -> None:
+@pytest.mark.parametrize(
+    ("source_size", "display", "densities", "expected"),
+    [
+        ((256, 256), 40, (1, 2, 3), [Size(1, 40, 40), Size(2, 80, 80), Size(3, 120, 120)]),
+        ((64, 64), 40, (1, 2, 3), [Size(1, 40, 40), Size(1.6, 64, 64)]),  # capped, 3x dropped
+        ((80, 80), 40, (1, 2, 3), [Size(1, 40, 40), Size(2, 80, 80)]),  # 3x caps to 2x's size: dropped
+        ((30, 30), 40, (1, 2, 3), [Size(1, 30, 30)]),  # never upscaled
+        ((128, 64), 40, (1, 2, 3), [Size(1, 40, 20), Size(2, 80, 40), Size(3, 120, 60)]),  # aspect kept
+        ((64, 128), 40, (1, 2), [Size(1, 20, 40), Size(2, 40, 80)]),
+        ((256, 256), 0, (1, 2, 3), [Size(1, 256, 256)]),  # display 0: no resizing
+        ((256, 256), 40, (1, 1.5), [Size(1, 40, 40), Size(1.5, 60, 60)]),
+    ],
+)
+def test_sizes_per_density(
+    source_size: tuple[int, int], display: int, densities: tuple[float, ...], expected: list[Size]
+) -> None:
     assert plan_sizes(*source_size, display, densities) == expected
 
 

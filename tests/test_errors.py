@@ -13,16 +13,19 @@ from pipeline.model import PublishSettings
 from pipeline.publish import publish
 
 
-@pytest.mark.parametrize(("code", "advice"), [
-    (errno.ENOSPC, "out of space or of inodes"),
-    (errno.EDQUOT, "quota"),
-    (errno.EROFS, "remount it read-write"),
-    (errno.EACCES, "permission denied"),
-    (errno.EPERM, "not permitted"),
-    (errno.ENAMETOOLONG, "name is too long"),
-    (errno.EMLINK, "too many hard links"),
-    (errno.EIO, "I/O error"),
-])
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "out of space or of inodes"),
+        (errno.EDQUOT, "quota"),
+        (errno.EROFS, "remount it read-write"),
+        (errno.EACCES, "permission denied"),
+        (errno.EPERM, "not permitted"),
+        (errno.ENAMETOOLONG, "name is too long"),
+        (errno.EMLINK, "too many hard links"),
+        (errno.EIO, "I/O error"),
+    ],
+)
 def test_each_cause_has_its_own_advice(code: int, advice: str) -> None:
     message = describe_os_error(OSError(code, os.strerror(code), "/srv/site/dist/x"))
     assert advice in message and os.strerror(code) in message and "/srv/site/dist/x" in message

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import socket
+import ssl
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
 
 from pipeline.errors import SourceError
-from pipeline.fetch import fetch_sources, make_client
-from pipeline.model import Stored
+from pipeline.fetch import fetch_feed, fetch_sources, make_client
+from pipeline.model import EncodeSettings, FetchSettings, IconSpec, Origin, SourceIcon, Stored
 from pipeline.store import IconStore
-from pipeline.model import EncodeSettings, FetchSettings, IconSpec, Origin, SourceIcon
 from tests.origin import ScriptedOrigin, make_png, self_signed, serve
 from tests.tools import require
 
@@ -28,6 +35,10 @@ SETTINGS = FetchSettings(timeout=TIMEOUT, deadline=DEADLINE, max_bytes=MAX_BYTES
 SHORT = replace(SETTINGS, deadline=1.0)  # for the extra deadline tests, to keep the file quick
 SLACK = 0.5  # scheduling margin on wall-time bounds
 OLD_PNG = make_png(seed=99)  # the "last good copy" a failing source falls back to
+PRIVATE_OFF = replace(SETTINGS, allow_private=False)
+REBIND = "rebind.test"  # a name only the tests' own DNS knows (.test is reserved: no real DNS answers it)
+PUBLIC = "93.184.216.34"  # a global address; public_network puts it on lo, and nothing else is reached
+NETNS = "PIPELINE_TEST_NETNS"  # set inside the network namespace (public_network)
 
 
 @pytest.fixture
@@ -62,8 +73,9 @@ def copies(store: IconStore, icons: list[IconSpec]) -> dict[str, Stored | None]:
     return {icon.name: store.load(icon) for icon in icons}
 
 
-def fetch_one(icon: IconSpec, store: IconStore, client: httpx.Client | None,
-              settings: FetchSettings = SETTINGS) -> tuple[SourceIcon, float]:
+def fetch_one(
+    icon: IconSpec, store: IconStore, client: httpx.Client | None, settings: FetchSettings = SETTINGS
+) -> tuple[SourceIcon, float]:
     start = time.monotonic()
     sources = fetch_sources([icon], copies(store, [icon]), client, settings)
     elapsed = time.monotonic() - start
@@ -167,10 +179,20 @@ FAILURES = [
     Failure("/500.png", "HTTP 500 from", TIMEOUT),
     Failure("refused", "cannot connect to", TIMEOUT, requests=0),
     Failure("/slow-headers", "within 0.5s", TIMEOUT + SLACK, at_least=TIMEOUT - 0.05, hung_up=True),  # not retried
-    Failure("/drip", "was still sending at the 2s fetch deadline", DEADLINE + TIMEOUT + SLACK,
-            at_least=DEADLINE - 0.1, hung_up=True),
-    Failure("/drip-headers", "had not answered at the 2s fetch deadline", DEADLINE + TIMEOUT + SLACK,
-            at_least=DEADLINE - 0.1, hung_up=True),
+    Failure(
+        "/drip",
+        "was still sending at the 2s fetch deadline",
+        DEADLINE + TIMEOUT + SLACK,
+        at_least=DEADLINE - 0.1,
+        hung_up=True,
+    ),
+    Failure(
+        "/drip-headers",
+        "had not answered at the 2s fetch deadline",
+        DEADLINE + TIMEOUT + SLACK,
+        at_least=DEADLINE - 0.1,
+        hung_up=True,
+    ),
     Failure("/truncated.png", "sent an incomplete body", TIMEOUT),
     Failure("/html", "answered 'text/html', not an image (a soft 404?)", TIMEOUT),
     Failure("/lying.png", "bytes that are not a PNG", TIMEOUT),
@@ -235,7 +257,9 @@ def test_one_deadline_covers_the_whole_stage(origin, client, store) -> None:
     seed(store, slow)
     seed(store, next_in_line)
     start = time.monotonic()
-    sources = fetch_sources([slow, next_in_line], copies(store, [slow, next_in_line]), client, replace(SHORT, concurrency=1))
+    sources = fetch_sources(
+        [slow, next_in_line], copies(store, [slow, next_in_line]), client, replace(SHORT, concurrency=1)
+    )
     assert time.monotonic() - start <= SHORT.deadline + TIMEOUT + SLACK
     assert [(s.origin, s.reason) for s in sources] == [
         (Origin.STALE, f"{slow.url} was still sending at the 1s fetch deadline"),
@@ -262,17 +286,24 @@ def test_redirect_to_a_good_source_is_followed(origin, client, store) -> None:
 
 
 def test_one_failing_icon_does_not_hide_the_good_ones(origin, client, store) -> None:
-    good, stale, missing = (spec(origin.url("/ok.png"), "Good"), spec(origin.url("/500.png"), "Stale"),
-                            spec(origin.url("/404.png"), "Missing"))
+    good, stale, missing = (
+        spec(origin.url("/ok.png"), "Good"),
+        spec(origin.url("/500.png"), "Stale"),
+        spec(origin.url("/404.png"), "Missing"),
+    )
     seed(store, stale)
     with pytest.raises(SourceError) as raised:
         fetch_sources([good, stale, missing], copies(store, [good, stale, missing]), client, SETTINGS)
     assert raised.value.problems == (
-        f"icon 'Missing': HTTP 404 from {missing.url}; there is no earlier copy in icons/ to fall back on",)
+        f"icon 'Missing': HTTP 404 from {missing.url}; there is no earlier copy in icons/ to fall back on",
+    )
     seed(store, missing)
     sources = fetch_sources([good, stale, missing], copies(store, [good, stale, missing]), client, SETTINGS)
     assert [(s.spec.name, s.origin) for s in sources] == [
-        ("Good", Origin.DOWNLOADED), ("Stale", Origin.STALE), ("Missing", Origin.STALE)]
+        ("Good", Origin.DOWNLOADED),
+        ("Stale", Origin.STALE),
+        ("Missing", Origin.STALE),
+    ]
     assert origin.count("/ok.png") == 2 and origin.count("/500.png") == 2 and origin.count("/404.png") == 2
 
 
@@ -376,22 +407,27 @@ def test_tls_handshake_that_never_completes_times_out_at_connect(store) -> None:
     assert elapsed <= 2 * TIMEOUT + SLACK  # one transport retry at most
 
 
-@pytest.mark.parametrize("target", ["http://127.0.0.2:9/x.png", "http://[::1]:9/x.png",
-                                    "http://169.254.169.254/latest/meta-data", "http://localhost:9/x.png"])
-def test_redirect_to_a_private_address_is_refused_before_connecting(origin, client, store, target) -> None:
-    """Row 11: with allow_private off, each hop's host is resolved and checked before any packet.
-    The origin itself stands for a public host here: the resolver seam says so, while the
-    connection still goes to 127.0.0.1."""
-    def resolve(host: str, port: int) -> list[str]:
-        return ["8.8.8.8"] if host == "127.0.0.1" else [i[4][0] for i in socket.getaddrinfo(host, port)]
-
-    icon = spec(origin.url("/redirect-to") + "?to=" + target)
-    seed(store, icon)
-    settings = replace(SETTINGS, allow_private=False)
-    [source] = fetch_sources([icon], copies(store, [icon]), client, settings, resolve=resolve)
-    assert source.origin is Origin.STALE
-    assert "resolves to the non-public address" in source.reason and target in source.reason, source.reason
-    assert [r.path for r in origin.requests()] == ["/redirect-to"], source.reason
+def test_redirect_to_a_private_address_is_refused_before_connecting(public_network, store) -> None:
+    """Row 11: with allow_private off, each hop's host is resolved and checked before any packet. The
+    first hop must reach a public address for the redirect to be seen at all, so this runs in a network
+    of its own where PUBLIC is on lo (the stage connects to the address it checked: the resolver can no
+    longer call 127.0.0.1 public while the connection goes there anyway)."""
+    if not public_network():
+        return
+    targets = [
+        "http://127.0.0.2:9/x.png",
+        "http://[::1]:9/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost:9/x.png",
+    ]
+    with serve(host=PUBLIC) as public, make_client(SETTINGS) as http:
+        for target in targets:
+            icon = spec(public.url("/redirect-to") + "?to=" + target)
+            seed(store, icon)
+            [source] = fetch_sources([icon], copies(store, [icon]), http, PRIVATE_OFF)
+            assert source.origin is Origin.STALE
+            assert "resolves to the non-public address" in source.reason and target in source.reason, source.reason
+        assert [r.path for r in public.requests()] == ["/redirect-to"] * len(targets)
 
 
 def test_429_with_a_huge_retry_after_does_not_hold_the_run(origin, client, store) -> None:
@@ -401,3 +437,260 @@ def test_429_with_a_huge_retry_after_does_not_hold_the_run(origin, client, store
     source, elapsed = fetch_one(icon, store, client)
     assert source.origin is Origin.STALE and source.reason == f"HTTP 429 from {icon.url}"
     assert elapsed < 1.0
+
+
+# ---- DNS rebinding (issue 10): the stage connects to the very address it checked ------------------------
+
+
+class RebindingDNS:
+    """An attacker's DNS with a TTL of 0: REBIND answers `answers` in turn, query after query (a public
+    address, then 127.0.0.1, then the public one again...). `resolve` is the stage's resolver seam; the
+    same DNS is also installed as socket.getaddrinfo, so every other lookup on the machine (httpx's own
+    connect among them) meets it as it would a real DNS server. Other names resolve as usual."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, answers: tuple[str, ...] = (PUBLIC, "127.0.0.1")) -> None:
+        self.answers, self.queries, self.lock = answers, 0, threading.Lock()
+        self.real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self.getaddrinfo)
+
+    def _next(self) -> str:
+        with self.lock:
+            self.queries += 1
+            return self.answers[(self.queries - 1) % len(self.answers)]
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        if host == REBIND:
+            return [self._next()]
+        return [str(info[4][0]) for info in self.real(host, port, proto=socket.IPPROTO_TCP)]
+
+    def getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in (REBIND, REBIND.encode()):
+            return self.real(host, port, *args, **kwargs)
+        address = self._next()
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))]
+
+
+@pytest.fixture
+def loopback_client() -> Iterator[httpx.Client]:
+    """A real client whose sockets are bound to 127.0.0.1: a connection to a public address fails on the
+    spot (EINVAL), so no packet of these tests leaves the machine, whatever the stage connects to."""
+    with httpx.Client(trust_env=False, transport=httpx.HTTPTransport(retries=1, local_address="127.0.0.1")) as http:
+        yield http
+
+
+def test_dns_rebinding_does_not_reach_loopback(origin, loopback_client, store, monkeypatch) -> None:
+    """The check asked the DNS and got a public address; httpx asked again to connect and got
+    127.0.0.1, so the icon came from loopback with allow_private off. Now the stage asks once per hop
+    and connects to the address it checked (here it cannot reach it: the client is bound to lo)."""
+    dns = RebindingDNS(monkeypatch)
+    icon = spec(origin.url("/ok.png", host=REBIND))
+    seed(store, icon)
+    [source] = fetch_sources([icon], copies(store, [icon]), loopback_client, PRIVATE_OFF, resolve=dns.resolve)
+    assert origin.requests() == [], "the 127.0.0.1 origin was asked"
+    assert (source.origin, source.data) == (Origin.STALE, OLD_PNG), source.reason
+    assert source.reason.startswith(f"cannot connect to {icon.url} at {PUBLIC} ("), source.reason
+    assert dns.queries == 1
+
+
+def test_dns_rebinding_does_not_reach_loopback_for_the_codes_feed(origin, loopback_client, monkeypatch) -> None:
+    dns = RebindingDNS(monkeypatch)
+    url = origin.url("/codes.json", host=REBIND)
+    with pytest.raises(SourceError) as raised:
+        fetch_feed(url, None, loopback_client, PRIVATE_OFF, resolve=dns.resolve)
+    assert origin.requests() == [], "the 127.0.0.1 origin was asked"
+    assert f"cannot connect to {url} at {PUBLIC} (" in str(raised.value)
+    assert dns.queries == 1
+
+
+@pytest.mark.parametrize("answer", ["::ffff:127.0.0.1", "64:ff9b::a00:1", "2002:a00:1::1", f"{PUBLIC} 10.0.0.1"])
+def test_every_address_of_an_answer_is_checked_with_ipv4_inside_ipv6(origin, client, store, answer) -> None:
+    """One non-public address in the answer refuses the host, IPv4 embedded in IPv6 included (mapped,
+    NAT64, 6to4): a connection to any of them can end up at a private IPv4 address."""
+    icon = spec(origin.url("/ok.png", host=REBIND))
+    seed(store, icon)
+    [source] = fetch_sources(
+        [icon], copies(store, [icon]), client, PRIVATE_OFF, resolve=lambda host, port: answer.split()
+    )
+    assert source.origin is Origin.STALE
+    refused = answer.split()[-1]
+    assert source.reason == f"{icon.url} resolves to the non-public address {refused}; refused (allow_private is off)"
+    assert origin.count() == 0
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_allow_private_connects_by_the_injected_resolver_with_the_name_kept(tmp_path, store, scheme) -> None:
+    """allow_private on still fetches from 127.0.0.1, by the address the stage resolved (the system
+    resolver does not know REBIND): the request names the host, and over TLS the SNI and the
+    certificate checked are the name's (the certificate is for REBIND only, not for 127.0.0.1)."""
+    server_tls, client_tls, sni = None, None, []
+    if scheme == "https":
+        require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
+        server_tls, client_tls = self_signed(tmp_path, REBIND)
+        server_tls.sni_callback = lambda connection, name, context: sni.append(name)
+    transport = httpx.HTTPTransport(retries=1, verify=client_tls or True)
+    with serve(tls=server_tls) as origin, httpx.Client(trust_env=False, transport=transport) as http:
+        icon = spec(origin.url("/redirect-ok", host=REBIND))
+        asked: list[str] = []
+
+        def resolve(host: str, port: int) -> list[str]:
+            asked.append(host)
+            return ["127.0.0.1"]
+
+        [source] = fetch_sources([icon], copies(store, [icon]), http, SETTINGS, resolve=resolve)
+        assert (source.origin, source.data) == (Origin.DOWNLOADED, origin.png), source.reason
+        assert [(r.path, r.headers["host"]) for r in origin.requests()] == [
+            ("/redirect-ok", f"{REBIND}:{origin.port}"),
+            ("/ok.png", f"{REBIND}:{origin.port}"),
+        ]
+        assert asked == [REBIND, REBIND]  # once per hop
+        assert sni == ([REBIND, REBIND] if scheme == "https" else [])
+
+
+def test_a_connection_that_does_not_reach_the_checked_address_is_refused(origin, store) -> None:
+    """The peer of every new connection must be the address checked for it, before a byte is sent: a
+    client that goes through a proxy (here the origin's port stands in for one) is refused."""
+    icon = spec(f"http://{REBIND}:9/ok.png")
+    seed(store, icon)
+    with httpx.Client(trust_env=False, proxy=origin.url("")) as proxied:
+        [source] = fetch_sources(
+            [icon], copies(store, [icon]), proxied, SETTINGS, resolve=lambda host, port: ["127.0.0.2"]
+        )
+    assert source.reason == f"{icon.url} connected to 127.0.0.1, not to the address checked, 127.0.0.2"
+    assert origin.requests() == []
+
+
+def test_a_pooled_connection_the_stage_did_not_open_is_not_used(origin, store) -> None:
+    """A keep-alive connection left in the client's pool by someone else was never checked (nor seen by
+    the watchdog): the stage's request refuses to go out on it."""
+    icon = spec(origin.url("/ok.png"))
+    seed(store, icon)
+    with httpx.Client(trust_env=False) as shared:
+        assert shared.get(origin.url("/rotating-etag.png")).status_code == 200  # left open in the pool
+        [source] = fetch_sources([icon], copies(store, [icon]), shared, SETTINGS)
+    assert source.reason == f"{icon.url} was to go out on a pooled connection whose address was not checked"
+    assert origin.count("/ok.png") == 0
+
+
+# Tests that need a public address to answer (they take the `public_network` fixture) run in a
+# network namespace of their own: `unshare -rn`, a user and a network namespace (no root needed where
+# unprivileged user namespaces are allowed) whose only interface is lo, with PUBLIC added to it. There a
+# server on PUBLIC is a public host as far as the stage can tell, and nothing reaches the real network.
+# All of them run in one pytest run in one namespace (a pytest start-up costs seconds); each test out
+# here then reports its own result from in there.
+
+
+@pytest.fixture(scope="session")
+def public_network_results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Run every selected test that takes `public_network` in one namespace: node id -> "" (passed),
+    "skipped: ..." or the failure as pytest printed it."""
+    require(shutil.which("unshare") is not None and shutil.which("ip") is not None, "needs unshare and ip")
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, text=True, timeout=30)
+    require(probe.returncode == 0, f"cannot make a network namespace ({probe.stderr.strip()})")
+    ids = [item.nodeid for item in request.session.items if "public_network" in getattr(item, "fixturenames", ())]
+    work = tmp_path_factory.mktemp("netns")
+    setup = f'ip link set lo up && ip addr add {PUBLIC}/32 dev lo && exec "$@"'
+    pytest_args = ["-q", "-p", "no:cacheprovider", f"--basetemp={work / 'tmp'}", f"--junitxml={work / 'junit.xml'}"]
+    run = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", setup, "sh", sys.executable, "-m", "pytest", *pytest_args, *ids],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, NETNS: "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    results = {}
+    if (work / "junit.xml").exists():
+        for case in ElementTree.parse(work / "junit.xml").iter("testcase"):
+            nodeid = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
+            results[nodeid] = ""
+            for outcome in case:
+                if outcome.tag in ("failure", "error"):
+                    results[nodeid] = outcome.text or outcome.get("message") or outcome.tag
+                elif outcome.tag == "skipped":
+                    results[nodeid] = f"skipped: {outcome.get('message')}"
+    missing = [nodeid for nodeid in ids if nodeid not in results]
+    assert not missing, f"{missing} did not run in the namespace:\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
+    return results
+
+
+@pytest.fixture
+def public_network(request: pytest.FixtureRequest) -> Callable[[], bool]:
+    """`public_network()`: True inside the namespace (the test goes on there); outside, the test's
+    result from in there (a failure fails it here), then False: the caller returns."""
+
+    def inside() -> bool:
+        if os.environ.get(NETNS):
+            return True
+        result = request.getfixturevalue("public_network_results")[request.node.nodeid]
+        if result.startswith("skipped: "):
+            pytest.skip(result.removeprefix("skipped: "))
+        assert result == "", f"in the network namespace:\n{result}"
+        return False
+
+    return inside
+
+
+@contextlib.contextmanager
+def public_and_loopback(tmp_path: Path, scheme: str) -> Iterator[tuple[ScriptedOrigin, ScriptedOrigin, httpx.Client]]:
+    """Two origins on one port: the public host REBIND is meant to name (on PUBLIC), and a service on
+    127.0.0.1 that only this machine should reach, serving another PNG; a client that trusts their
+    certificate (for REBIND only) over https."""
+    server_tls: ssl.SSLContext | None = None
+    client_tls: ssl.SSLContext | None = None
+    if scheme == "https":
+        require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
+        server_tls, client_tls = self_signed(tmp_path, REBIND)
+    transport = httpx.HTTPTransport(retries=1, verify=client_tls or True)
+    with (
+        serve(make_png(seed=1), server_tls) as internal,
+        serve(tls=server_tls, host=PUBLIC, port=internal.port) as public,
+        httpx.Client(trust_env=False, transport=transport) as http,
+    ):
+        yield public, internal, http
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_dns_rebinding_fetches_from_the_address_that_was_checked(public_network, tmp_path, monkeypatch, scheme) -> None:
+    """The DNS answers PUBLIC to the stage's one query: the icon comes from the public host (by name:
+    Host, SNI and certificate), never from the 127.0.0.1 service a second query would have named."""
+    if not public_network():
+        return
+    dns = RebindingDNS(monkeypatch)
+    with public_and_loopback(tmp_path, scheme) as (public, internal, http):
+        icon = spec(public.url("/ok.png", host=REBIND))
+        [source] = fetch_sources([icon], {icon.name: None}, http, PRIVATE_OFF, resolve=dns.resolve)
+        assert internal.requests() == [], "the 127.0.0.1 service was asked"
+        assert (source.origin, source.data) == (Origin.DOWNLOADED, public.png), source.reason
+        assert [(r.path, r.headers["host"]) for r in public.requests()] == [("/ok.png", f"{REBIND}:{public.port}")]
+        assert dns.queries == 1
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_dns_rebinding_on_a_redirect_hop_is_refused(public_network, tmp_path, monkeypatch, store, scheme) -> None:
+    """The public host redirects to itself by name, and the DNS now answers 127.0.0.1: the hop is
+    refused, naming its URL and the address, before anything is sent to 127.0.0.1."""
+    if not public_network():
+        return
+    dns = RebindingDNS(monkeypatch)
+    with public_and_loopback(tmp_path, scheme) as (public, internal, http):
+        icon = spec(public.url("/redirect-to", host=REBIND) + "?to=/ok.png")
+        seed(store, icon)
+        [source] = fetch_sources([icon], copies(store, [icon]), http, PRIVATE_OFF, resolve=dns.resolve)
+        hop = public.url("/ok.png", host=REBIND)
+        assert internal.requests() == [], "the 127.0.0.1 service was asked"
+        assert (source.origin, source.data) == (Origin.STALE, OLD_PNG)
+        assert source.reason == f"{hop} resolves to the non-public address 127.0.0.1; refused (allow_private is off)"
+        assert [r.path for r in public.requests()] == ["/redirect-to"]
+        assert dns.queries == 2
+
+
+@pytest.mark.parametrize("target", ["data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "mailto:a@b.org"])
+def test_a_redirect_to_a_url_httpx_cannot_parse_is_a_stale_source_not_a_crash(origin, client, store, target) -> None:
+    """Found by the soak: httpx parses a redirect's Location while sending and raised InvalidURL
+    (not an HTTPError) for these, which escaped the stage and failed the whole run."""
+    icon = spec(origin.url("/redirect-to") + "?to=" + target)
+    seed(store, icon)
+    [source] = fetch_sources([icon], copies(store, [icon]), client, SETTINGS)
+    assert source.origin is Origin.STALE and source.data == OLD_PNG
+    assert "redirects to" in source.reason and "refused" in source.reason, source.reason

@@ -4,9 +4,9 @@ endpoint on 127.0.0.1 checks the body and verifies the key by fetching it throug
 from __future__ import annotations
 
 import hashlib
-from contextlib import AbstractContextManager
 import json
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -98,12 +98,14 @@ def configure(site: Path, origin: str, base_url: str, key: str = KEY) -> None:
     (site / "icon_map.yaml").write_text("\n".join(lines) + "\n")
     (site / "site.toml").write_text(
         f'[site]\nbase_url = "{base_url}"\n\n[fetch]\nallow_private = true\n\n'
-        f'[indexnow]\nkey = "{key}"\nendpoint = "{origin}/indexnow"\n')
+        f'[indexnow]\nkey = "{key}"\nendpoint = "{origin}/indexnow"\n'
+    )
 
 
 @pytest.mark.nginx
 def test_changed_pages_are_announced_once_and_the_key_is_verified_through_nginx(
-        site: Path, tmp_path: Path, nginx_server) -> None:  # noqa: F811
+    site: Path, tmp_path: Path, nginx_server
+) -> None:  # noqa: F811
     assert run_cli(site, "build", "--offline").returncode == 0  # a live release for nginx to serve
     base = nginx_server(site)
     endpoint = Endpoint(icons=tmp_path / "origin")
@@ -114,8 +116,9 @@ def test_changed_pages_are_announced_once_and_the_key_is_verified_through_nginx(
         first = run_cli(site, "build")
         assert first.returncode == 0, first.stderr
         assert "indexnow  1 URL(s) sent, 0 queued" in first.stdout
-        assert endpoint.posts == [{"host": "127.0.0.1", "key": KEY, "keyLocation": f"{base}/{KEY}.txt",
-                                   "urlList": [f"{base}/"]}]
+        assert endpoint.posts == [
+            {"host": "127.0.0.1", "key": KEY, "keyLocation": f"{base}/{KEY}.txt", "urlList": [f"{base}/"]}
+        ]
         assert endpoint.verified == [KEY.encode()]  # fetched through nginx, byte-exact
         # Nothing changed: no switch, no ping (the sources answered 304).
         again = run_cli(site, "build")
@@ -149,13 +152,15 @@ def _serve_current_icons(site: Path, target: Path) -> None:
         elif "url:" in line and current:
             slug_by_line[line.rsplit("/", 1)[-1]] = current
     from pipeline.config import slugify
+
     for source_name, name in slug_by_line.items():
         (target / source_name).write_bytes((site / "icons" / f"{slugify(name)}.png").read_bytes())
 
 
 @pytest.mark.nginx
 def test_a_key_file_that_does_not_match_is_a_clear_403_and_urls_stay_queued(
-        site: Path, tmp_path: Path, nginx_server) -> None:  # noqa: F811
+    site: Path, tmp_path: Path, nginx_server
+) -> None:  # noqa: F811
     """The endpoint fetches the key file through nginx; a BOM in front of the key fails the check."""
     (site / "site.toml").write_text(f'[indexnow]\nkey = "{KEY}"\n')
     assert run_cli(site, "build", "--offline").returncode == 0
@@ -207,8 +212,14 @@ def test_a_backoff_set_by_a_clock_far_ahead_does_not_lock_out(tmp_path: Path) ->
 def test_refusals_keep_the_urls_and_say_why(tmp_path: Path, status: int) -> None:
     outbox = tmp_path / "indexnow.json"
     with running(Endpoint(statuses=[(status, {})])) as origin, httpx.Client() as client:
-        result = ping(outbox, {"https://x.org/": "v1"}, "https://x.org",
-                      IndexNowSettings(KEY, f"{origin}/indexnow", 5), client, now=1000.0)
+        result = ping(
+            outbox,
+            {"https://x.org/": "v1"},
+            "https://x.org",
+            IndexNowSettings(KEY, f"{origin}/indexnow", 5),
+            client,
+            now=1000.0,
+        )
     assert result.sent == () and result.pending == 1 and str(status) in result.problem
     assert Outbox.load(outbox).pending == {"https://x.org/": "v1"}
 
@@ -217,8 +228,9 @@ def test_more_than_10000_urls_are_batched(tmp_path: Path) -> None:
     endpoint = Endpoint(statuses=[(200, {}), (200, {})])
     urls = {f"https://x.org/p{i}.html": "v" for i in range(10_001)}
     with running(endpoint) as origin, httpx.Client() as client:
-        result = ping(tmp_path / "o.json", urls, "https://x.org", IndexNowSettings(KEY, f"{origin}/indexnow", 5),
-                      client, now=1.0)
+        result = ping(
+            tmp_path / "o.json", urls, "https://x.org", IndexNowSettings(KEY, f"{origin}/indexnow", 5), client, now=1.0
+        )
     assert [len(p["urlList"]) for p in endpoint.posts] == [10_000, 1]
     assert len(result.sent) == 10_001 and result.pending == 0
 

@@ -44,13 +44,23 @@ ORPHAN_GRACE = 3.0  # seconds an encode worker may outlive its killed parent (#4
 # ---- helpers -----------------------------------------------------------------------------------
 
 
-def build(site: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def build(
+    site: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return run_cli(site, "build", "--offline", *args, env=env, timeout=timeout)
 
 
-def builder(site: Path, *args: str, env: dict[str, str] | None = None, output: int = subprocess.PIPE) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *(args or ("build", "--offline")), "--site", str(site)],
-                            stdout=output, stderr=output, text=True, cwd=REPO, env={**os.environ, **(env or {})})
+def builder(
+    site: Path, *args: str, env: dict[str, str] | None = None, output: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *(args or ("build", "--offline")), "--site", str(site)],
+        stdout=output,
+        stderr=output,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def set_code(site: Path, tag: str) -> None:
@@ -63,6 +73,7 @@ def set_code(site: Path, tag: str) -> None:
 
 def configure(site: Path, section: str, **values: object) -> None:
     """Set keys of one [section] of site.toml, replacing the line of a key that is there."""
+
     def toml(value: object) -> str:
         return ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
 
@@ -248,7 +259,8 @@ def test_37_disk_full_fails_cleanly_keeps_current_and_recovers(template: Path, t
     dist = site / "dist"
     rng = random.Random(37)
     (site / "templates" / "pad.css").write_text(
-        "".join(f".p{rng.getrandbits(64):016x}{{color:#{rng.getrandbits(24):06x}}}\n" for _ in range(20000)))
+        "".join(f".p{rng.getrandbits(64):016x}{{color:#{rng.getrandbits(24):06x}}}\n" for _ in range(20000))
+    )
     before = snapshot(dist)
     mounts.remount(mnt, size=used_bytes(mnt) + 128 * 1024)
 
@@ -269,8 +281,9 @@ def test_37_disk_full_fails_cleanly_keeps_current_and_recovers(template: Path, t
 # ---- #38 inodes exhausted / the state write fails --------------------------------------------------
 
 
-def test_38_inodes_exhausted_at_the_state_write_keep_the_old_state(template: Path, tmp_path: Path,
-                                                                   mounts: Mounts) -> None:
+def test_38_inodes_exhausted_at_the_state_write_keep_the_old_state(
+    template: Path, tmp_path: Path, mounts: Mounts
+) -> None:
     """tmpfs nr_inodes: first exactly one inode short of a release, so the staging tree fits and
     the release record (releases/rNNNNNN.json, the state write) is what fails, shown by strace;
     then a couple of inodes only, so staging itself fails. Each time: a clean ENOSPC error (73),
@@ -291,9 +304,30 @@ def test_38_inodes_exhausted_at_the_state_write_keep_the_old_state(template: Pat
 
     mounts.remount(mnt, nr_inodes=used_inodes(mnt) + per_release - 1)
     trace = tmp_path / "strace.txt"
-    short = subprocess.run([strace, "-f", "-qq", "-e", "trace=%file", "-e", "status=failed", "-o", str(trace),
-                            sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site)],
-                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    short = subprocess.run(
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-e",
+            "trace=%file",
+            "-e",
+            "status=failed",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-m",
+            "pipeline",
+            "build",
+            "--offline",
+            "--site",
+            str(site),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     failed = [line for line in trace.read_text().splitlines() if "ENOSPC" in line]
     assert failed and re.search(r"r000004\.json", failed[0]), f"the state write was not what failed: {failed}"
     clean_error(short, 73, "No space left on device")
@@ -316,8 +350,9 @@ def test_38_inodes_exhausted_at_the_state_write_keep_the_old_state(template: Pat
 # ---- #39 read-only output --------------------------------------------------------------------------
 
 
-def test_39_read_only_output_is_a_clean_error_and_nothing_switches(template: Path, tmp_path: Path,
-                                                                  mounts: Mounts) -> None:
+def test_39_read_only_output_is_a_clean_error_and_nothing_switches(
+    template: Path, tmp_path: Path, mounts: Mounts
+) -> None:
     """dist/ on a read-only bind mount: exit 73 naming EROFS, nothing switched. The whole site
     folder read-only (the lock in .cache/ cannot even be opened): a clean error too. Writable
     again: the change publishes."""
@@ -441,10 +476,28 @@ def test_43_daemon_goes_on_when_a_run_dies_and_leaves_its_workers(template: Path
     site = clone(template, tmp_path / "site")
     denny = site / "icons" / "denny.png"
     ImageOps.mirror(Image.open(denny)).save(denny)  # one icon to encode, so a worker is running
-    daemon = subprocess.Popen([sys.executable, "-m", "pipeline", "refresh", "--offline", "--site", str(site),
-                               "--interval", "60", "--run-timeout", f"{run_timeout:g}", "--max-runs", "1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                              env={**os.environ, "BUILDER_CRASH_AT": "mid_encode"})
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "refresh",
+            "--offline",
+            "--site",
+            str(site),
+            "--interval",
+            "60",
+            "--run-timeout",
+            f"{run_timeout:g}",
+            "--max-runs",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "BUILDER_CRASH_AT": "mid_encode"},
+    )
     runs: set[int] = set()  # the daemon's children; each leads its own process group, its workers are in it
     started, died = time.monotonic(), None
     try:
@@ -488,7 +541,7 @@ class Tarpit:
         while not self.stop.is_set():
             try:
                 conn, _ = self.server.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -516,12 +569,30 @@ def test_44_hung_run_is_killed_at_the_run_timeout_and_the_next_tick_runs(templat
     site = clone(template, tmp_path / "site")
     tarpit = Tarpit()
     icon_map = site / "icon_map.yaml"
-    icon_map.write_text(icon_map.read_text(encoding="utf-8").replace("https://cdn.jsdelivr.net",
-                                                                     f"http://127.0.0.1:{tarpit.port}"))
+    icon_map.write_text(
+        icon_map.read_text(encoding="utf-8").replace("https://cdn.jsdelivr.net", f"http://127.0.0.1:{tarpit.port}")
+    )
     configure(site, "fetch", timeout=30.0, deadline=60.0, allow_private=True, concurrency=1)
-    daemon = subprocess.Popen([sys.executable, "-m", "pipeline", "refresh", "--site", str(site), "--interval", "3",
-                               "--run-timeout", "4", "--max-runs", "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "refresh",
+            "--site",
+            str(site),
+            "--interval",
+            "3",
+            "--run-timeout",
+            "4",
+            "--max-runs",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         out, err = daemon.communicate(timeout=60)
         left = processes_naming(str(site))
@@ -545,8 +616,24 @@ def test_44_hung_run_is_killed_at_the_run_timeout_and_the_next_tick_runs(templat
 
 
 def faketime_build(site: Path, offset: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([need("faketime", "faketime"), "-f", offset, sys.executable, "-m", "pipeline", "build",
-                           "--offline", "--site", str(site)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [
+            need("faketime", "faketime"),
+            "-f",
+            offset,
+            sys.executable,
+            "-m",
+            "pipeline",
+            "build",
+            "--offline",
+            "--site",
+            str(site),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 def assert_retained_assets_present(dist: Path, names: set[str]) -> None:

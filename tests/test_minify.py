@@ -28,7 +28,7 @@ GOLDEN_IN = """<!doctype html>
 GOLDEN_OUT = (
     '<!doctype html><html><head><script type="application/ld+json">{"name":  "A  B",\n'
     '      "text": "line\\nbreak </p>"}</script><script>const ICON_MAP = {"Gem":  {"png": "/a.png"}};</script>'
-    '</head><body><p> many spaces </p><pre>  keep\n      this  </pre><textarea>  and\n   this </textarea>'
+    "</head><body><p> many spaces </p><pre>  keep\n      this  </pre><textarea>  and\n   this </textarea>"
     "<!--[if IE]><p>old IE</p><![endif]--></body></html>"
 )
 

@@ -19,17 +19,27 @@ from urllib.parse import urlsplit
 import brotli
 import pytest
 
-from .conftest import REPO, run_cli
 from . import probe
+from .conftest import REPO, run_cli
 from .nginx import SHIPPED_CONF, check_config, nginx_server, require_nginx  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.nginx
 
 TIMEOUT = 5.0
 IMMUTABLE = "public, max-age=31536000, immutable"
-ASSET_TYPES = {".avif": "image/avif", ".webp": "image/webp", ".png": "image/png", ".css": "text/css"}
-PAGE_TYPES = {"/index.html": "text/html", "/404.html": "text/html", "/codes.json": "application/json",
-              "/sitemap.xml": "text/xml", "/robots.txt": "text/plain", "/manifest.json": "application/json"}
+ASSET_TYPES = {
+    ".avif": "image/avif",
+    ".webp": "image/webp",
+    ".png": "image/png",
+    ".css": "text/css",
+    ".js": "application/javascript",
+}
+PAGE_TYPES = {
+    "/index.html": "text/html",
+    "/codes.json": "application/json",
+    "/sitemap.xml": "text/xml",
+    "/robots.txt": "text/plain",
+}  # 404.html is served for every 404; manifest.json is not public
 
 
 @dataclass
@@ -84,7 +94,7 @@ def test_shipped_config_is_valid_as_is(tmp_path: Path) -> None:
     code = re.sub(r"#.*", "", SHIPPED_CONF.read_text(encoding="utf-8"))
     assert "open_file_cache" not in code, "open_file_cache can serve the old release after a swap"
     for match in re.finditer(r"\btypes\s*\{", code):  # server level would replace all of mime.types
-        depth = code[:match.start()].count("{") - code[:match.start()].count("}")
+        depth = code[: match.start()].count("{") - code[: match.start()].count("}")
         assert depth >= 2, "a `types {}` block outside a location replaces every inherited MIME type"
     # The harness's main config loads no dynamic module, so the check above proves the block works
     # on a stock nginx. brotli_static in particular must not come back: with disable_symlinks it
@@ -122,7 +132,7 @@ def test_every_page_has_its_type_and_is_revalidated(served: tuple[str, Path]) ->
 def test_every_asset_the_page_names_is_served_immutable(served: tuple[str, Path]) -> None:
     base, live = served
     urls = asset_urls(get(base, "/").body)
-    assert {".webp", ".png", ".css"} <= {Path(u).suffix for u in urls} <= set(ASSET_TYPES), urls
+    assert {".webp", ".png", ".css", ".js"} <= {Path(u).suffix for u in urls} <= set(ASSET_TYPES), urls
     # The default icons all go as WebP (AVIF does not beat it on any of them), so an AVIF is put in
     # place to check its type and caching: older mime.types lack image/avif.
     avif = "/assets/icons/probe.0123456789.avif"
@@ -164,7 +174,9 @@ def test_each_encoding_gets_its_precompressed_file(served: tuple[str, Path], pag
     """br gets the .br, gzip the .gz, neither the file itself; the same bytes once decoded, and
     the same type, cache policy and Vary whichever variant is sent."""
     base, live = served
-    path = page if page != "css" else next(u for u in asset_urls((live / "index.html").read_bytes()) if u.endswith(".css"))
+    path = (
+        page if page != "css" else next(u for u in asset_urls((live / "index.html").read_bytes()) if u.endswith(".css"))
+    )
     file = live / ("index.html" if path == "/" else path.lstrip("/"))
     plain = get(base, path)
     reply = get(base, path, **({"Accept_Encoding": accept} if accept else {}))
@@ -176,7 +188,9 @@ def test_each_encoding_gets_its_precompressed_file(served: tuple[str, Path], pag
         assert reply.body == file.with_name(file.name + suffix).read_bytes()  # the build's file, as is
     assert reply.header("vary") == "Accept-Encoding"
     assert reply.header("content-type") == plain.header("content-type")
-    assert reply.header("cache-control") == plain.header("cache-control") == (IMMUTABLE if page == "css" else "no-cache")
+    assert (
+        reply.header("cache-control") == plain.header("cache-control") == (IMMUTABLE if page == "css" else "no-cache")
+    )
     etag = reply.header("etag")
     assert etag and get(base, path, If_None_Match=etag, **({"Accept_Encoding": accept} if accept else {})).status == 304
 
@@ -202,13 +216,15 @@ def test_brotli_is_preferred_and_q0_refuses_it(served: tuple[str, Path]) -> None
 
 def test_every_text_file_has_its_type_when_sent_as_br(served: tuple[str, Path]) -> None:
     base, live = served
-    for path in sorted(PAGE_TYPES):
+    scripts = sorted(u for u in asset_urls(get(base, "/").body) if u.endswith(".js"))
+    assert scripts
+    for path in [*sorted(PAGE_TYPES), *scripts]:
         plain, br = get(base, path), get(base, path, Accept_Encoding="br")
         assert (path, br.status, br.header("content-type")) == (path, 200, plain.header("content-type"))
         assert br.header("content-encoding") == "br", path
         assert brotli.decompress(br.body) == plain.body, path
     # Images are never re-encoded, and carry no Vary.
-    for url in sorted(u for u in asset_urls(get(base, "/").body) if not u.endswith(".css")):
+    for url in sorted(u for u in asset_urls(get(base, "/").body) if not u.endswith((".css", ".js"))):
         reply = get(base, url, Accept_Encoding="br, gzip")
         assert (url, reply.header("content-encoding"), reply.header("vary")) == (url, None, None)
 
@@ -244,13 +260,71 @@ def test_missing_paths_get_the_404_page_uncached(served: tuple[str, Path]) -> No
         assert reply.header("cache-control") == "no-cache", path  # never the year-long asset header
 
 
-def test_directories_are_not_listed(served: tuple[str, Path]) -> None:
-    base, _ = served
-    for path in ("/assets/", "/assets/icons/"):
+def test_directories_answer_the_404_page(served: tuple[str, Path]) -> None:
+    """A directory without an index.html is a 404 with the site's 404 page, with or without the
+    slash (not nginx's 403 for a listing, nor a redirect to one); one with an index.html is served."""
+    base, live = served
+    not_found = (live / "404.html").read_bytes()
+    for path in ("/assets/", "/assets/icons/", "/assets", "/assets/icons", "//assets//", "/assets/./icons/"):
+        for accept in ("br", "gzip", None):
+            reply = get(base, path, **({"Accept_Encoding": accept} if accept else {}))
+            assert (path, accept, reply.status) == (path, accept, 404)
+            assert ENCODINGS[reply.header("content-encoding")](reply.body) == not_found, (path, accept)
+            assert reply.header("cache-control") == "no-cache", path
+    (live / "guide").mkdir()
+    (live / "guide" / "index.html").write_bytes(b"<!doctype html><title>Guide</title>\n")
+    moved = get(base, "/guide")
+    assert (moved.status, moved.header("location")) == (301, "/guide/")
+    reply = get(base, "/guide/")
+    assert reply.status == 200 and reply.body == (live / "guide" / "index.html").read_bytes()
+    assert get(base, "/").body == (live / "index.html").read_bytes()
+
+
+def test_the_404_page_by_its_own_name_is_a_404(served: tuple[str, Path]) -> None:
+    base, live = served
+    not_found = (live / "404.html").read_bytes()
+    for path in ("/404.html", "/404.html?x=1", "//404.html", "/%34%30%34.html", "/assets/../404.html"):
+        for accept in ("br", "gzip", None):
+            reply = get(base, path, **({"Accept_Encoding": accept} if accept else {}))
+            assert (path, accept, reply.status, reply.header("content-encoding")) == (path, accept, 404, accept)
+            assert ENCODINGS[accept](reply.body) == not_found, (path, accept)
+            assert reply.header("cache-control") == "no-cache", path
+
+
+def test_precompressed_files_and_the_manifest_are_not_served_by_name(served: tuple[str, Path]) -> None:
+    """Every .gz and .br the release holds is sent only for its plain file's URL; manifest.json
+    (the build's asset record, read from disk by the tools) is not public, in any encoding."""
+    base, live = served
+    not_found = (live / "404.html").read_bytes()
+    twins = sorted("/" + p.relative_to(live).as_posix() for p in live.rglob("*") if p.suffix in (".gz", ".br"))
+    assert {"/index.html.gz", "/index.html.br", "/manifest.json.gz", "/manifest.json.br"} <= set(twins), twins
+    assert any(t.startswith("/assets/") and t.endswith(".css.gz") for t in twins), twins
+    assert (live / "manifest.json").is_file()  # still written: only not served
+    for path in [*twins, "/manifest.json", "/manifest.json?x", "/%6danifest.json", "//manifest.json"]:
+        for accept in ("br", "gzip", None):
+            reply = get(base, path, **({"Accept_Encoding": accept} if accept else {}))
+            assert (path, accept, reply.status) == (path, accept, 404)
+            assert ENCODINGS[reply.header("content-encoding")](reply.body) == not_found, (path, accept)
+
+
+def test_release_records_live_outside_the_served_root(served: tuple[str, Path], site: Path) -> None:
+    base, live = served
+    records = sorted((site / "dist" / "releases").glob("r*.json"))
+    assert records and all(live not in record.parents for record in records), records
+    assert not list(live.rglob("r[0-9]*.json")), "a release record inside the served release"
+    record = records[-1]
+    for path in (
+        f"/{record.name}",
+        f"/releases/{record.name}",
+        f"/../{record.name}",
+        f"/%2e%2e/{record.name}",
+        f"/..%2f{record.name}",
+        f"/assets/../../{record.name}",
+        f"/../releases/{record.name}",
+    ):
         reply = get(base, path)
-        assert reply.status in (403, 404), (path, reply.status)
-        assert b"Index of" not in reply.body and b".webp" not in reply.body, path
-        assert reply.header("cache-control") != IMMUTABLE, path
+        assert reply.status in (400, 404), (path, reply.status)
+        assert reply.body != record.read_bytes() and b'"built"' not in reply.body, path
 
 
 def test_dotfiles_are_refused(served: tuple[str, Path]) -> None:
@@ -301,8 +375,14 @@ def test_workers_are_unprivileged(served: tuple[str, Path]) -> None:
 
 
 def test_site_built_under_a_strict_umask_is_still_served(site: Path, nginx_server) -> None:  # noqa: F811
-    result = subprocess.run([sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site)],
-                            capture_output=True, text=True, timeout=120, cwd=REPO, umask=0o077)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "--site", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        umask=0o077,
+    )
     assert result.returncode == 0, result.stderr
     base = nginx_server(site)
     assert get(base, "/").status == 200

@@ -40,20 +40,29 @@ from PIL import Image
 from pipeline.gate import urls_in
 
 from .nginx import require_nginx, served_site
-from .tools import (ARTIFACTS, Hit, access_log, built_default_site, has_exited, img_srcs, nginx_prefix,
-                    require, stop_process)
+from .tools import (
+    ARTIFACTS,
+    Hit,
+    access_log,
+    built_default_site,
+    has_exited,
+    img_srcs,
+    nginx_prefix,
+    require,
+    stop_process,
+)
 
 pytestmark = pytest.mark.nginx
 
-SCREEN = (1280, 4000)        # tall enough for the whole default page in Dillo (~2,500 px today)
-XVFB_START_TIMEOUT = 10.0    # s until Xvfb reports its display
-REQUESTS_TIMEOUT = 20.0      # s until every icon was requested
-PAINT_TIMEOUT = 10.0         # s after that until every icon is on the screen
-STABLE = 3.0                 # s without change on a screen with icons that end that wait early
+SCREEN = (1280, 4000)  # tall enough for the whole default page in Dillo (~2,500 px today)
+XVFB_START_TIMEOUT = 10.0  # s until Xvfb reports its display
+REQUESTS_TIMEOUT = 20.0  # s until every icon was requested
+PAINT_TIMEOUT = 10.0  # s after that until every icon is on the screen
+STABLE = 3.0  # s without change on a screen with icons that end that wait early
 POLL = 0.2
 SCREENSHOT = ARTIFACTS / "dillo.png"
 MODERN_FORMATS = (".webp", ".avif")
-MIN_ICON_COLOURS = 20        # distinct colours an icon area must hold (a blank or broken one has 1-3)
+MIN_ICON_COLOURS = 20  # distinct colours an icon area must hold (a blank or broken one has 1-3)
 
 DILLORC = """\
 # written by tests/test_old_browser.py: no start page, no home page, nothing but the test URL
@@ -94,10 +103,25 @@ def xvfb(binary: str, workdir: Path) -> Iterator[tuple[int, Path]]:
     try:
         with open(log, "wb") as stderr:
             process = subprocess.Popen(
-                [binary, "-displayfd", str(write_end), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
-                 "-nolisten", "tcp", "-nocursor", "-fbdir", str(fbdir)],
-                pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                start_new_session=True)
+                [
+                    binary,
+                    "-displayfd",
+                    str(write_end),
+                    "-screen",
+                    "0",
+                    f"{SCREEN[0]}x{SCREEN[1]}x24",
+                    "-nolisten",
+                    "tcp",
+                    "-nocursor",
+                    "-fbdir",
+                    str(fbdir),
+                ],
+                pass_fds=(write_end,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
     finally:
         os.close(write_end)
     try:
@@ -120,13 +144,17 @@ def _read_display(fd: int, process: subprocess.Popen, log: Path) -> int:
     while not text.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or process.poll() is not None:
-            raise AssertionError(f"Xvfb reported no display within {XVFB_START_TIMEOUT}s (exit {process.poll()}):\n"
-                                 + log.read_text(errors="replace")[-2000:])
+            raise AssertionError(
+                f"Xvfb reported no display within {XVFB_START_TIMEOUT}s (exit {process.poll()}):\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
         ready, _, _ = select.select([fd], [], [], min(left, POLL))
         if ready:
             chunk = os.read(fd, 64)
             if not chunk:
-                raise AssertionError("Xvfb closed -displayfd without a display:\n" + log.read_text(errors="replace")[-2000:])
+                raise AssertionError(
+                    "Xvfb closed -displayfd without a display:\n" + log.read_text(errors="replace")[-2000:]
+                )
             text += chunk
     return int(text.strip())
 
@@ -136,13 +164,34 @@ def read_xwd(path: Path) -> Image.Image:
     server's byte order), TrueColor at 32 bits per pixel."""
     data = path.read_bytes()
     fields = struct.unpack(">25I", data[:100])
-    (header_size, version, _format, depth, width, height, _xoffset, byte_order, _unit, _bit_order,
-     _pad, bits_per_pixel, bytes_per_line, _visual, red, green, blue, _bits_rgb, _entries, ncolours) = fields[:20]
+    (
+        header_size,
+        version,
+        _format,
+        depth,
+        width,
+        height,
+        _xoffset,
+        byte_order,
+        _unit,
+        _bit_order,
+        _pad,
+        bits_per_pixel,
+        bytes_per_line,
+        _visual,
+        red,
+        green,
+        blue,
+        _bits_rgb,
+        _entries,
+        ncolours,
+    ) = fields[:20]
     assert version == 7 and bits_per_pixel == 32 and (red, green, blue) == (0xFF0000, 0xFF00, 0xFF), fields
     start = header_size + 12 * ncolours
-    pixels = data[start:start + bytes_per_line * height]
-    return Image.frombuffer("RGB", (width, height), pixels, "raw", "BGRX" if byte_order == 0 else "XRGB",
-                            bytes_per_line, 1).copy()
+    pixels = data[start : start + bytes_per_line * height]
+    return Image.frombuffer(
+        "RGB", (width, height), pixels, "raw", "BGRX" if byte_order == 0 else "XRGB", bytes_per_line, 1
+    ).copy()
 
 
 # ---- Dillo -------------------------------------------------------------------------------------
@@ -155,12 +204,24 @@ def dillo(binary: str, display: int, url: str, workdir: Path) -> Iterator[tuple[
     (home / ".dillo" / "dillorc").write_text(DILLORC.format(width=SCREEN[0], height=SCREEN[1]), encoding="utf-8")
     (home / ".dillo" / "domainrc").write_text(DOMAINRC, encoding="utf-8")
     env = {key: value for key, value in os.environ.items() if not key.lower().endswith("_proxy")}
-    env.update(HOME=str(home), DISPLAY=f":{display}", XDG_CONFIG_HOME=str(home / ".config"),
-               XDG_CACHE_HOME=str(home / ".cache"), no_proxy="127.0.0.1,localhost")
+    env.update(
+        HOME=str(home),
+        DISPLAY=f":{display}",
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        no_proxy="127.0.0.1,localhost",
+    )
     log = workdir / "dillo.log"
     with open(log, "wb") as output:
-        process = subprocess.Popen([binary, url], env=env, cwd=home, stdin=subprocess.DEVNULL,
-                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [binary, url],
+            env=env,
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield process, log
     finally:
@@ -169,8 +230,8 @@ def dillo(binary: str, display: int, url: str, workdir: Path) -> Iterator[tuple[
 
 # ---- finding the icons on the screen -----------------------------------------------------------
 
-DILATE = 2           # px: joins the pieces of one icon, not two icons (Dillo puts 6+ px between)
-CHROMA = 25.0        # distance from the black..background line that counts as "coloured"
+DILATE = 2  # px: joins the pieces of one icon, not two icons (Dillo puts 6+ px between)
+CHROMA = 25.0  # distance from the black..background line that counts as "coloured"
 SECOND_COLOUR = 5.0  # RMS spread across a second colour axis: text anti-aliasing has ~0.3
 
 
@@ -200,7 +261,7 @@ def icon_areas(image: Image.Image, icon_size: int) -> tuple[list[Area], list[Are
     grown = np.zeros_like(coloured)
     for dy in range(2 * DILATE + 1):
         for dx in range(2 * DILATE + 1):
-            grown |= padded[dy:dy + coloured.shape[0], dx:dx + coloured.shape[1]]
+            grown |= padded[dy : dy + coloured.shape[0], dx : dx + coloured.shape[1]]
 
     limit = int(icon_size * 1.5) + 2 * DILATE
     icons, others = [], []
@@ -208,7 +269,11 @@ def icon_areas(image: Image.Image, icon_size: int) -> tuple[list[Area], list[Are
         crop = rgb[y0:y1, x0:x1].reshape(-1, 3)
         area = Area((x0, y0, x1, y1), int(np.unique(packed[y0:y1, x0:x1]).size))
         inked = crop[(crop != background).any(axis=1)]
-        spread = np.linalg.svd(inked - inked.mean(axis=0), compute_uv=False) / np.sqrt(len(inked)) if len(inked) > 2 else [0, 0]
+        spread = (
+            np.linalg.svd(inked - inked.mean(axis=0), compute_uv=False) / np.sqrt(len(inked))
+            if len(inked) > 2
+            else [0, 0]
+        )
         if x1 - x0 <= limit and y1 - y0 <= limit and spread[1] >= SECOND_COLOUR:
             icons.append(area)
         else:
@@ -278,10 +343,10 @@ def srcset_candidates(html: str) -> list[str]:
 @dataclass
 class DilloRun:
     html: str
-    srcs: list[str | None]          # what each <img src> names, in page order
-    candidates: set[str]            # every srcset URL of the page (img and source)
+    srcs: list[str | None]  # what each <img src> names, in page order
+    candidates: set[str]  # every srcset URL of the page (img and source)
     icon_size: int
-    hits: list[Hit] = field(default_factory=list)   # Dillo's requests, from nginx's access log
+    hits: list[Hit] = field(default_factory=list)  # Dillo's requests, from nginx's access log
     areas: list[Area] = field(default_factory=list)
     others: list[Area] = field(default_factory=list)
     waited: float = 0.0
@@ -293,8 +358,10 @@ class DilloRun:
 
     def describe(self) -> str:
         lines = [f"Dillo's requests ({len(self.hits)}):"] + [f"  {h.status} {h.method} {h.path}" for h in self.hits]
-        lines += [f"icon areas ({len(self.areas)}): " + ", ".join(map(str, self.areas)),
-                  f"other coloured areas ({len(self.others)}): " + ", ".join(map(str, self.others))]
+        lines += [
+            f"icon areas ({len(self.areas)}): " + ", ".join(map(str, self.areas)),
+            f"other coloured areas ({len(self.others)}): " + ", ".join(map(str, self.others)),
+        ]
         if self.log.strip():
             lines.append("dillo output:\n" + self.log[-1500:])
         return "\n".join(lines)
@@ -311,8 +378,12 @@ def visit_with_dillo(site: Path, root: Path | None = None) -> DilloRun:
     html = ((root or site / "dist" / "current") / "index.html").read_text(encoding="utf-8")
     markup = _ImgSizes()
     markup.feed(html)
-    result = DilloRun(html=html, srcs=img_srcs(html), icon_size=max(markup.sizes, default=64),
-                      candidates={urlsplit(urljoin("/", url)).path for url in srcset_candidates(html)})
+    result = DilloRun(
+        html=html,
+        srcs=img_srcs(html),
+        icon_size=max(markup.sizes, default=64),
+        candidates={urlsplit(urljoin("/", url)).path for url in srcset_candidates(html)},
+    )
     wanted = {src for src in result.srcs if src}
     assert wanted, "the page names no <img src>"
 
@@ -320,8 +391,10 @@ def visit_with_dillo(site: Path, root: Path | None = None) -> DilloRun:
     try:
         with served_site(site, root=root) as base:
             prefix = nginx_prefix(base)
-            with xvfb(xvfb_binary, workdir) as (display, framebuffer), \
-                    dillo(dillo_binary, display, base + "/", workdir) as (process, log):
+            with (
+                xvfb(xvfb_binary, workdir) as (display, framebuffer),
+                dillo(dillo_binary, display, base + "/", workdir) as (process, log),
+            ):
                 started = time.monotonic()
                 deadline = started + REQUESTS_TIMEOUT
                 while True:
@@ -333,7 +406,8 @@ def visit_with_dillo(site: Path, root: Path | None = None) -> DilloRun:
                         state = "exited" if has_exited(process.pid) else "was still running"
                         raise AssertionError(
                             f"Dillo {state} without requesting every icon within {REQUESTS_TIMEOUT}s; never requested: "
-                            f"{sorted(wanted - {hit.path for hit in result.hits})}\n{result.describe()}")
+                            f"{sorted(wanted - {hit.path for hit in result.hits})}\n{result.describe()}"
+                        )
                     time.sleep(POLL)
                 # Every icon was asked for. Wait (bounded) until every <img> is drawn, or until
                 # icons are drawn and the screen has stopped changing for STABLE s (a broken page never gets there).
@@ -378,8 +452,9 @@ def run(built_site: Path) -> DilloRun:
 # ---- tests -------------------------------------------------------------------------------------
 
 
-def test_dillo_requests_every_icon_as_the_png_its_img_src_names(run: DilloRun,
-                                                                record_figure: Callable[[str, Any], None]) -> None:
+def test_dillo_requests_every_icon_as_the_png_its_img_src_names(
+    run: DilloRun, record_figure: Callable[[str, Any], None]
+) -> None:
     assert all(run.srcs), f"an <img> has no src: {run.srcs}"
     not_png = sorted({src for src in run.srcs if not src.endswith(".png")})
     assert not not_png, f"<img src> should name the PNG fallback: {not_png}"
@@ -388,10 +463,12 @@ def test_dillo_requests_every_icon_as_the_png_its_img_src_names(run: DilloRun,
     bad = [f"{hit.status} {hit.path}" for src in set(run.srcs) for hit in run.requested(src) if hit.status != 200]
     assert not bad, f"icon requests not answered 200: {bad}\n{run.describe()}"
     pngs = {hit.path for hit in run.hits if hit.path.endswith(".png")}
-    record_figure("Dillo 3.0 (old browser)",
-                  f"{len(run.hits)} requests, {len(pngs)} distinct PNGs for {len(run.srcs)} <img> "
-                  f"({len(set(run.srcs))} distinct src), 0 WebP/AVIF expected; "
-                  f"{len(run.areas)} icon areas on screen after {run.waited:.1f}s")
+    record_figure(
+        "Dillo 3.0 (old browser)",
+        f"{len(run.hits)} requests, {len(pngs)} distinct PNGs for {len(run.srcs)} <img> "
+        f"({len(set(run.srcs))} distinct src), 0 WebP/AVIF expected; "
+        f"{len(run.areas)} icon areas on screen after {run.waited:.1f}s",
+    )
 
 
 def test_dillo_requests_no_webp_avif_and_no_srcset_candidate(run: DilloRun) -> None:
@@ -416,10 +493,10 @@ def test_dillo_screenshot_shows_every_icon(run: DilloRun) -> None:
     assert colours > MIN_ICON_COLOURS * len(set(run.srcs)), f"the screenshot has only {colours} colours"
     assert len(run.areas) == len(run.srcs), (
         f"{len(run.srcs)} <img> on the page but {len(run.areas)} icon-like areas on Dillo's screen "
-        f"(see {SCREENSHOT})\n{run.describe()}")
+        f"(see {SCREENSHOT})\n{run.describe()}"
+    )
     dull = [str(area) for area in run.areas if area.colours < MIN_ICON_COLOURS]
     assert not dull, f"icon areas with fewer than {MIN_ICON_COLOURS} colours: {dull}\n{run.describe()}"
-
 
 
 def test_the_checks_catch_a_missing_png(built_site: Path) -> None:

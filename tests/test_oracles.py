@@ -50,10 +50,19 @@ def composite(image: Image.Image, background: float) -> np.ndarray:
 
 def expected_ssim(structural_similarity: Callable[..., float], reference: Image.Image, candidate: Image.Image) -> float:
     return min(
-        float(structural_similarity(composite(reference, background), composite(candidate, background),
-                                    win_size=7, use_sample_covariance=True, gaussian_weights=False,
-                                    data_range=255, channel_axis=-1))
-        for background in (0.0, 1.0))
+        float(
+            structural_similarity(
+                composite(reference, background),
+                composite(candidate, background),
+                win_size=7,
+                use_sample_covariance=True,
+                gaussian_weights=False,
+                data_range=255,
+                channel_axis=-1,
+            )
+        )
+        for background in (0.0, 1.0)
+    )
 
 
 # ---- the inputs ----------------------------------------------------------------------------------
@@ -129,8 +138,9 @@ CASES = cases()
 
 
 @pytest.mark.parametrize(("label", "reference", "candidate"), CASES, ids=[c[0] for c in CASES])
-def test_ssim_matches_scikit_image(structural_similarity, label: str, reference: Image.Image,
-                                   candidate: Image.Image) -> None:
+def test_ssim_matches_scikit_image(
+    structural_similarity, label: str, reference: Image.Image, candidate: Image.Image
+) -> None:
     ours = ssim(reference, candidate)
     theirs = expected_ssim(structural_similarity, reference, candidate)
     assert abs(ours - theirs) <= TOLERANCE, f"{label}: ours {ours!r}, scikit-image {theirs!r}"
@@ -139,13 +149,17 @@ def test_ssim_matches_scikit_image(structural_similarity, label: str, reference:
 def test_the_cases_span_the_range_that_matters(structural_similarity, record_figure) -> None:
     """The oracle is only worth something where scores differ: the cases reach from identical (1)
     through the encoder's floor region (0.98) down to clearly broken images."""
-    scores = {label: expected_ssim(structural_similarity, reference, candidate)
-              for label, reference, candidate in CASES}
+    scores = {
+        label: expected_ssim(structural_similarity, reference, candidate) for label, reference, candidate in CASES
+    }
     worst = max(abs(ssim(reference, candidate) - scores[label]) for label, reference, candidate in CASES)
     assert max(scores.values()) == pytest.approx(1.0)
     assert min(scores.values()) < 0.5
     assert any(0.9 <= score < 0.995 for score in scores.values()), scores
     assert scores["transparent: other hidden colours"] == pytest.approx(1.0)
     assert scores["transparent: alpha noise"] < 0.9
-    record_figure("SSIM vs scikit-image", f"{len(CASES)} cases, worst |difference| {worst:.1e}, "
-                                          f"scores {min(scores.values()):.3f}..{max(scores.values()):.3f}")
+    record_figure(
+        "SSIM vs scikit-image",
+        f"{len(CASES)} cases, worst |difference| {worst:.1e}, "
+        f"scores {min(scores.values()):.3f}..{max(scores.values()):.3f}",
+    )

@@ -37,8 +37,12 @@ def site_with_many_icons(root: Path) -> Path:
 def run_on_a_terminal(site: Path) -> tuple[int, str, str]:
     """The build with stderr on a pseudo-terminal (stdout a pipe): what a person at a shell sees."""
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "2",
-                                "--site", str(site)], stdout=subprocess.PIPE, stderr=terminal, cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "2", "--site", str(site)],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        cwd=REPO,
+    )
     os.close(terminal)
     seen = bytearray()
     while True:
@@ -63,19 +67,43 @@ def test_a_terminal_gets_a_live_line_and_a_pipe_gets_the_summary_only(tmp_path: 
     assert [int(done) for done, _ in updates] == sorted(int(done) for done, _ in updates)
     assert terminal.endswith("\r\x1b[K") or "pipeline: warning" in terminal  # the line is cleared before the summary
     assert "published r000001" in out and "71 encoded" in out
-    piped = subprocess.run([sys.executable, "-m", "pipeline", "build", "--offline", "--jobs", "2", "--site",
-                            str(site_with_many_icons(tmp_path / "pipe"))], capture_output=True, text=True, cwd=REPO,
-                           timeout=120)
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "build",
+            "--offline",
+            "--jobs",
+            "2",
+            "--site",
+            str(site_with_many_icons(tmp_path / "pipe")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert piped.returncode == 0, piped.stderr
     assert piped.stderr == "" and "\r" not in piped.stdout and "published r000001" in piped.stdout
 
 
 def test_quiet_prints_errors_only(tmp_path: Path) -> None:
     site = copy_default_site(tmp_path / "site")
-    quiet = subprocess.run([sys.executable, "-m", "pipeline", "build", "--offline", "-q", "--site", str(site)],
-                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    quiet = subprocess.run(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "-q", "--site", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
     (site / "icon_map.yaml").write_text("Broken: ftp://x.org/a.png\n")
-    broken = subprocess.run([sys.executable, "-m", "pipeline", "build", "--offline", "-q", "--site", str(site)],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    broken = subprocess.run(
+        [sys.executable, "-m", "pipeline", "build", "--offline", "-q", "--site", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert broken.returncode == 78 and "icon_map.yaml:1" in broken.stderr and broken.stdout == ""

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PublishError
-from pipeline.model import PublishResult, PublishSettings
 from pipeline.gate import check_release
 from pipeline.indexnow import changed_pages, visible
+from pipeline.model import PublishResult, PublishSettings
 from pipeline.publish import live_release, publish
 from pipeline.retention import load_records
 
@@ -62,8 +62,9 @@ def test_changed_page_switches_and_old_assets_stay_for_the_window(tmp_path: Path
     assert (live / "assets/a.1111.png").is_file() and (live / "assets/a.2222.png").is_file()
     # Unchanged bytes are hard links, not copies.
     third = publish(dist, {**site_files("v3", "a.2222.png")}, SETTINGS, now=1002 * HOUR)
-    assert (dist / "releases" / second.release / "assets/a.2222.png").stat().st_ino == \
-        (dist / "releases" / third.release / "assets/a.2222.png").stat().st_ino
+    assert (dist / "releases" / second.release / "assets/a.2222.png").stat().st_ino == (
+        dist / "releases" / third.release / "assets/a.2222.png"
+    ).stat().st_ino
 
 
 def test_assets_dropped_after_retention_and_keep_count(tmp_path: Path) -> None:
@@ -123,13 +124,19 @@ def test_only_visible_changes_count_as_page_changes(tmp_path: Path) -> None:
     assert rehashed.switched and changed(rehashed, dist) == ()
     edited = publish(dist, site_files("v2", "a.2222222222.png"), SETTINGS, now=3.0)
     assert changed(edited, dist) == ("index.html",)
-    assert visible(b'<meta name="build" content="abc"><link href="/assets/s.0123456789.css" integrity="sha384-x">') == \
-        b'<meta name="build" content=""><link href="/assets/" integrity="">'
+    assert (
+        visible(b'<meta name="build" content="abc"><link href="/assets/s.0123456789.css" integrity="sha384-x">')
+        == b'<meta name="build" content=""><link href="/assets/" integrity="">'
+    )
     # An icon now offered in another format, at other densities: the same icon to a reader.
-    before = (b'<picture><source type="image/avif" srcset="/assets/icons/a.1111111111.avif 1x">'
-              b'<img src="/assets/icons/a.2222222222.png" srcset="/assets/icons/a@2x.3333333333.png 2x" alt=""></picture>')
-    after = (b'<picture><source type="image/webp" srcset="/assets/icons/a.4444444444.webp 1x, '
-             b'/assets/icons/a@1.6x.5555555555.webp 1.6x"><img src="/assets/icons/a.6666666666.png" alt=""></picture>')
+    before = (
+        b'<picture><source type="image/avif" srcset="/assets/icons/a.1111111111.avif 1x">'
+        b'<img src="/assets/icons/a.2222222222.png" srcset="/assets/icons/a@2x.3333333333.png 2x" alt=""></picture>'
+    )
+    after = (
+        b'<picture><source type="image/webp" srcset="/assets/icons/a.4444444444.webp 1x, '
+        b'/assets/icons/a@1.6x.5555555555.webp 1.6x"><img src="/assets/icons/a.6666666666.png" alt=""></picture>'
+    )
     assert visible(before) == visible(after)
     assert visible(after) != visible(after.replace(b'alt=""', b'alt="Gem"'))
 
@@ -157,8 +164,11 @@ def test_releases_that_never_went_live_do_not_push_out_the_live_ones_assets(tmp_
 def test_the_gate_checks_relative_urls_against_the_page_and_names_malformed_ones(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     good = publish(dist, site_files("v1", "a.1111.png"), SETTINGS, now=1.0)
-    relative = {**site_files("v2", "a.1111.png"), "docs/page.html": b'<img src="img/logo.png"><a href="../">up</a>',
-                "docs/img/logo.png": b"logo"}
+    relative = {
+        **site_files("v2", "a.1111.png"),
+        "docs/page.html": b'<img src="img/logo.png"><a href="../">up</a>',
+        "docs/img/logo.png": b"logo",
+    }
     assert publish(dist, relative, SETTINGS, now=2.0).switched  # resolved against docs/: present
     for page, problem in [
         (b'<img src="missing.png">', "index.html names /missing.png, which is not in the release"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,11 +13,11 @@ import pytest
 
 from pipeline.errors import TemplateError
 from pipeline.model import Candidate, Code, Content, IconRef, IconSource, ManifestEntry, Reward, SiteView
-from pipeline.render import icon_map_json, render_pages
+from pipeline.render import CONTENT_SECURITY_POLICY, icon_map_json, render_pages
 
 from .conftest import REPO
 
-NASTY = 'Evil </script><script>alert(1)</script> "quote" \'single\' <!-- \u2028\u2029 &amp;'
+NASTY = "Evil </script><script>alert(1)</script> \"quote\" 'single' <!-- \u2028\u2029 &amp;"
 
 
 def densities(mime: str, stem: str, ext: str) -> IconSource:
@@ -24,22 +25,35 @@ def densities(mime: str, stem: str, ext: str) -> IconSource:
 
 
 def view(names: list[str], codes: tuple[Code, ...] = ()) -> SiteView:
-    icons = {n: IconRef(n, n + " alt", 40, 40, (densities("image/webp", f"/assets/icons/i{i}", "webp"),),
-                        densities("image/png", f"/assets/icons/i{i}", "png"))
-             for i, n in enumerate(names)}
-    css = {"style.css": ManifestEntry("style.css", "/assets/style.0123456789.css", 10, "sha384-x", "text/css")}
-    return SiteView("Title", "https://example.org", Content("Game", codes), icons, css, "build1", dt.date(2026, 11, 27))
+    icons = {
+        n: IconRef(
+            n,
+            n + " alt",
+            40,
+            40,
+            (densities("image/webp", f"/assets/icons/i{i}", "webp"),),
+            densities("image/png", f"/assets/icons/i{i}", "png"),
+        )
+        for i, n in enumerate(names)
+    }
+    assets = {
+        "style.css": ManifestEntry("style.css", "/assets/style.0123456789.css", 10, "sha384-x", "text/css"),
+        "site.js": ManifestEntry("site.js", "/assets/site.0123456789.js", 10, "sha384-y", "text/javascript"),
+    }
+    today = dt.date(2026, 11, 27)
+    return SiteView("Title", "https://example.org", Content("Game", codes), icons, assets, "build1", today)
 
 
 class Scripts(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.count, self.bodies, self._in = 0, [], False
+        self.count, self.bodies, self.attrs, self._in = 0, [], [], False
 
     def handle_starttag(self, tag, attrs):
         if tag == "script":
             self.count, self._in = self.count + 1, True
             self.bodies.append("")
+            self.attrs.append(dict(attrs))
 
     def handle_endtag(self, tag):
         self._in = self._in and tag != "script"
@@ -62,7 +76,8 @@ def test_nasty_names_render_to_the_same_script_count_and_parse_back() -> None:
     parser.feed(pages["index.html"])
     template_scripts = (REPO / "templates" / "index.html").read_text().count("<script")
     assert parser.count == template_scripts
-    icon_map = json.loads(re.search(r"const ICON_MAP = (.*);", parser.bodies[0]).group(1))
+    assert parser.attrs[0] == {"type": "application/json", "id": "icon-map"}  # the ICON_MAP data block
+    icon_map = json.loads(parser.bodies[0])
     assert list(icon_map) == [NASTY]
     assert json.loads(pages["codes.json"])["codes"][0]["note"] == NASTY
 
@@ -73,8 +88,14 @@ def test_picture_lists_every_density_and_the_img_falls_back_to_the_1x_png() -> N
     picture = re.search(r"<picture>.*?</picture>", html, re.S).group(0)
     assert '<source type="image/webp" srcset="/assets/icons/i0.webp 1x, /assets/icons/i0@2x.webp 2x">' in picture
     img = re.search(r"<img [^>]+>", picture).group(0)
-    for attribute in ('src="/assets/icons/i0.png"', 'srcset="/assets/icons/i0@2x.png 2x"', 'width="40"',
-                      'height="40"', 'alt=""', 'decoding="async"'):
+    for attribute in (
+        'src="/assets/icons/i0.png"',
+        'srcset="/assets/icons/i0@2x.png 2x"',
+        'width="40"',
+        'height="40"',
+        'alt=""',
+        'decoding="async"',
+    ):
         assert attribute in img  # alt="": the reward's name is printed beside its icon
 
 
@@ -86,22 +107,29 @@ def test_the_first_icons_of_a_page_load_eagerly_the_rest_lazily() -> None:
     loading = re.findall(r'<img [^>]*loading="(\w+)"', html)
     assert len(loading) == 8  # four in the code, four in the legend
     assert loading == ["eager"] * 3 + ["lazy"] * 5
-    again = next(p.data.decode() for p in render_pages(REPO / "templates", view(names, (code,)), eager=3)
-                 if p.path == "index.html")
+    again = next(
+        p.data.decode()
+        for p in render_pages(REPO / "templates", view(names, (code,)), eager=3)
+        if p.path == "index.html"
+    )
     assert again == html  # the count starts again for every page and every run
 
 
 def test_picture_alt_defaults_to_the_icon_alt_text(tmp_path: Path) -> None:
     templates = copy_templates(tmp_path)
-    (templates / "index.html").write_text('{% extends "_base.html" %}{% from "_macros.html" import picture %}'
-                                          '{% block main %}{{ picture("Gem") }}{% endblock %}')
+    (templates / "index.html").write_text(
+        '{% extends "_base.html" %}{% from "_macros.html" import picture %}'
+        '{% block main %}{{ picture("Gem") }}{% endblock %}'
+    )
     html = next(p.data.decode() for p in render_pages(templates, view(["Gem"])) if p.path == "index.html")
     assert 'alt="Gem alt"' in html
 
 
 def test_expired_and_active_split_by_today() -> None:
-    codes = (Code("OLD", dt.date(2026, 1, 1), dt.date(2026, 11, 26), (Reward("Gem", 1),)),
-             Code("NEW", dt.date(2026, 11, 1), dt.date(2026, 11, 27), (Reward("Gem", 1),)))
+    codes = (
+        Code("OLD", dt.date(2026, 1, 1), dt.date(2026, 11, 26), (Reward("Gem", 1),)),
+        Code("NEW", dt.date(2026, 11, 1), dt.date(2026, 11, 27), (Reward("Gem", 1),)),
+    )
     data = json.loads({p.path: p.data for p in render_pages(REPO / "templates", view(["Gem"], codes))}["codes.json"])
     assert [(c["code"], c["active"]) for c in data["codes"]] == [("OLD", False), ("NEW", True)]
 
@@ -130,7 +158,9 @@ def test_unknown_icon_names_template_and_line(tmp_path: Path) -> None:
 
 def test_undefined_variable_and_syntax_error_name_the_line(tmp_path: Path) -> None:
     templates = copy_templates(tmp_path)
-    (templates / "index.html").write_text('{% extends "_base.html" %}\n{% block main %}\n\n{{ no_such_thing }}\n{% endblock %}\n')
+    (templates / "index.html").write_text(
+        '{% extends "_base.html" %}\n{% block main %}\n\n{{ no_such_thing }}\n{% endblock %}\n'
+    )
     with pytest.raises(TemplateError, match=r"templates/index.html:4: 'no_such_thing' is undefined"):
         render_pages(templates, view(["Gem"]))
     (templates / "index.html").write_text("{% if %}\n")
@@ -143,3 +173,30 @@ def test_sitemap_and_robots() -> None:
     assert "<loc>https://example.org/</loc>" in pages["sitemap.xml"]
     assert "404" not in pages["sitemap.xml"]
     assert "Sitemap: https://example.org/sitemap.xml" in pages["robots.txt"]
+
+
+def test_pages_carry_the_policy_and_no_inline_code() -> None:
+    """The Content-Security-Policy (script-src 'self', no 'unsafe-inline') holds for what render
+    writes: a <meta> policy first thing in <head>, every executable script a fingerprinted file
+    with SRI, ICON_MAP a JSON data block (data, never run), no inline style or handler."""
+    reward = Code("C1", dt.date(2026, 11, 1), None, (Reward(NASTY, 1),), note=NASTY)
+    pages = {p.path: p.data.decode() for p in render_pages(REPO / "templates", view([NASTY], (reward,)))}
+    assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY and "frame-ancestors" not in CONTENT_SECURITY_POLICY
+    for name in ("index.html", "404.html"):
+        text = pages[name]
+        meta = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', text)
+        assert meta and unescape(meta.group(1)) == CONTENT_SECURITY_POLICY, name
+        assert meta.start() < text.index("<link") and meta.start() < text.index("<title"), name
+        parser = Scripts()
+        parser.feed(text)
+        for attrs, body in zip(parser.attrs, parser.bodies, strict=True):
+            if attrs.get("type") == "application/json":
+                json.loads(body)
+            else:
+                assert attrs.get("src", "").startswith("/assets/") and attrs.get("integrity"), attrs
+                assert not body.strip(), attrs
+        assert not re.search(r"<style|\sstyle=|\son\w+=|javascript:", text, re.I), name
+    index = Scripts()
+    index.feed(pages["index.html"])
+    assert [a.get("src") for a in index.attrs] == [None, "/assets/site.0123456789.js"]
+    assert index.attrs[1]["integrity"] == "sha384-y"

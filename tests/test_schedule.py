@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.schedule import RunOutcome, ScheduleSettings, Scheduler
+from pipeline.schedule import RunOutcome, Scheduler, ScheduleSettings
 
 from .conftest import REPO
 
@@ -28,8 +28,9 @@ class FakeClock:
         self.now += seconds
 
 
-def scheduler(clock: FakeClock, durations: list[float], pause_before: dict[int, float] | None = None,
-              interval: float = 10.0) -> tuple[Scheduler, list[tuple[float, float]]]:
+def scheduler(
+    clock: FakeClock, durations: list[float], pause_before: dict[int, float] | None = None, interval: float = 10.0
+) -> tuple[Scheduler, list[tuple[float, float]]]:
     """A job that takes durations[i] seconds; pause_before[i] freezes the process (the clock
     jumps) while it waits for run i."""
     spans: list[tuple[float, float]] = []
@@ -85,15 +86,21 @@ def test_jitter_delays_ticks_but_not_catch_ups() -> None:
         clock.advance(25 if number == 1 else 1)
         return RunOutcome(number, 0, 0, "ok")
 
-    sched = Scheduler(job, ScheduleSettings(interval=10, jitter=3), clock=clock, wait=clock.advance,
-                      jitter=lambda most: most)
+    sched = Scheduler(
+        job, ScheduleSettings(interval=10, jitter=3), clock=clock, wait=clock.advance, jitter=lambda most: most
+    )
     sched.run(max_runs=3)
     assert spans == [1000, 1025, 1033]
 
 
 def start_refresh(site: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "refresh", "--site", str(site), "--offline", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "refresh", "--site", str(site), "--offline", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def test_daemon_coalesces_a_sigstop_and_stops_on_sigterm(site: Path) -> None:

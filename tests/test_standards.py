@@ -30,13 +30,17 @@ from .tools import CI_NODE_MODULES, Page, built_default_site, html_pages, requir
 
 VNU_JAR = CI_NODE_MODULES / "vnu-jar" / "build" / "dist" / "vnu.jar"
 AXE_JS = CI_NODE_MODULES / "axe-core" / "axe.min.js"
-NU_TIMEOUT = 120          # seconds for one vnu run (a JVM start and a few pages: ~3 s)
-TIMEOUT_MS = 10_000       # every Playwright wait
+NU_TIMEOUT = 120  # seconds for one vnu run (a JVM start and a few pages: ~3 s)
+TIMEOUT_MS = 10_000  # every Playwright wait
 LAUNCH_TIMEOUT_MS = 30_000
 VIEWPORTS: dict[str, dict[str, Any]] = {
     "desktop-1280x800": {"viewport": {"width": 1280, "height": 800}, "device_scale_factor": 1},
-    "phone-390x844@3x": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3,
-                         "is_mobile": True, "has_touch": True},
+    "phone-390x844@3x": {
+        "viewport": {"width": 390, "height": 844},
+        "device_scale_factor": 3,
+        "is_mobile": True,
+        "has_touch": True,
+    },
 }
 
 
@@ -62,20 +66,36 @@ def nu_check(files: dict[str, Path]) -> list[dict[str, Any]]:
     """Run vnu once over `files` (label -> path); its messages (JSON format), each with "file"
     set to the label of the file it is about."""
     java = require_vnu()
-    done = subprocess.run([java, "-jar", str(VNU_JAR), "--format", "json", "--stdout", "--exit-zero-always",
-                           *(str(path) for path in files.values())], capture_output=True, text=True, timeout=NU_TIMEOUT)
+    done = subprocess.run(
+        [
+            java,
+            "-jar",
+            str(VNU_JAR),
+            "--format",
+            "json",
+            "--stdout",
+            "--exit-zero-always",
+            *(str(path) for path in files.values()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=NU_TIMEOUT,
+    )
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
         report = None
     assert done.returncode == 0 and isinstance(report, dict) and "messages" in report, (
-        f"vnu did not run (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        f"vnu did not run (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    )
     by_url = {}
     for label, path in files.items():
         uri = path.resolve().as_uri()  # file:///x; vnu writes file:/x
         by_url[uri] = by_url[uri.replace("file:///", "file:/", 1)] = label
-    return [{**message, "file": by_url.get(message.get("url", ""), message.get("url", "?"))}
-            for message in report["messages"]]
+    return [
+        {**message, "file": by_url.get(message.get("url", ""), message.get("url", "?"))}
+        for message in report["messages"]
+    ]
 
 
 def nu_errors(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,8 +158,9 @@ def axe_report(label: str, rules: list[dict[str, Any]]) -> list[str]:
     for rule in rules:
         lines.append(f"{label}: {rule['id']} ({rule['impact']}) {rule['help']} [{len(rule['nodes'])} node(s)]")
         for node in rule["nodes"]:
-            reasons = [line.strip() for line in node["summary"].splitlines()
-                       if line.strip() and not line.startswith("Fix ")]
+            reasons = [
+                line.strip() for line in node["summary"].splitlines() if line.strip() and not line.startswith("Fix ")
+            ]
             lines.append(f"      {' '.join(map(str, node['target']))}" + (f"  -- {reasons[0]}" if reasons else ""))
     return lines
 
@@ -158,10 +179,10 @@ def doctor(html: str, *, img_id: str, insert: str) -> str:
     assert first, "the page has no <img> to doctor"
     tag = ALT_ATTR.sub("", first.group(0))
     tag = tag[:4] + f' id="{img_id}"' + tag[4:]
-    html = html[:first.start()] + tag + html[first.end():]
+    html = html[: first.start()] + tag + html[first.end() :]
     start = CONTENT_START[0].search(html) or CONTENT_START[1].search(html)
     assert start, "the page has neither <main> nor <body>"
-    return html[:start.end()] + insert + html[start.end():]
+    return html[: start.end()] + insert + html[start.end() :]
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
@@ -199,8 +220,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                              timeout=LAUNCH_TIMEOUT_MS)
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
+        )
         try:
             yield chromium
         finally:
@@ -219,19 +241,23 @@ def nu_messages(pages: list[Page], release: Path, tmp_path_factory: pytest.TempP
     index.html whose first <img> has no alt and which holds a duplicate id."""
     html = (release / "index.html").read_text(encoding="utf-8")
     doctored = tmp_path_factory.mktemp("nu") / "doctored.html"
-    doctored.write_text(doctor(html, img_id="doctored-img", insert='<p id="doctored">a</p><p id="doctored">b</p>'),
-                        encoding="utf-8")
+    doctored.write_text(
+        doctor(html, img_id="doctored-img", insert='<p id="doctored">a</p><p id="doctored">b</p>'), encoding="utf-8"
+    )
     return nu_check({**{page.name: page.file for page in pages}, DOCTORED: doctored})
 
 
-def test_every_page_passes_the_nu_html_checker(pages: list[Page], nu_messages: list[dict[str, Any]],
-                                               record_figure: Callable[[str, Any], None]) -> None:
+def test_every_page_passes_the_nu_html_checker(
+    pages: list[Page], nu_messages: list[dict[str, Any]], record_figure: Callable[[str, Any], None]
+) -> None:
     messages = [m for m in nu_messages if m["file"] != DOCTORED]
     errors, warnings = nu_errors(messages), nu_warnings(messages)
     for message in warnings:
         print("Nu warning:", nu_line(message))
-    record_figure("Nu HTML checker", f"{len(pages)} pages ({', '.join(p.name for p in pages)}): "
-                                     f"{len(errors)} errors, {len(warnings)} warnings")
+    record_figure(
+        "Nu HTML checker",
+        f"{len(pages)} pages ({', '.join(p.name for p in pages)}): {len(errors)} errors, {len(warnings)} warnings",
+    )
     assert not errors, f"the Nu HTML checker found {len(errors)} error(s):\n" + "\n".join(map(nu_line, messages))
 
 
@@ -252,8 +278,9 @@ def test_nu_html_checker_reports_a_doctored_page(nu_messages: list[dict[str, Any
 @pytest.mark.browser
 @pytest.mark.nginx
 @pytest.mark.parametrize("viewport", list(VIEWPORTS))
-def test_axe_finds_no_violations(browser: Any, server: str, pages: list[Page], viewport: str,
-                                 record_figure: Callable[[str, Any], None]) -> None:
+def test_axe_finds_no_violations(
+    browser: Any, server: str, pages: list[Page], viewport: str, record_figure: Callable[[str, Any], None]
+) -> None:
     lines: list[str] = []
     found: dict[str, list[str]] = {}
     needs_review = 0
@@ -267,17 +294,20 @@ def test_axe_finds_no_violations(browser: Any, server: str, pages: list[Page], v
             print("axe", line)
     for line in lines:
         print("axe", line)
-    record_figure(f"axe-core {result['version']} at {viewport}",
-                  "; ".join(f"{name}: {', '.join(ids) or 'no violations'}" for name, ids in found.items())
-                  + f" ({needs_review} needing review)")
+    record_figure(
+        f"axe-core {result['version']} at {viewport}",
+        "; ".join(f"{name}: {', '.join(ids) or 'no violations'}" for name, ids in found.items())
+        + f" ({needs_review} needing review)",
+    )
     total = sum(len(ids) for ids in found.values())
     assert total == 0, f"axe-core found {total} violation(s) at {viewport}:\n" + "\n".join(lines)
 
 
 @pytest.mark.browser
 @pytest.mark.nginx
-def test_axe_reports_a_doctored_page(browser: Any, built_site: Path, release: Path,
-                                     nginx_server: Callable[..., str]) -> None:  # noqa: F811
+def test_axe_reports_a_doctored_page(
+    browser: Any, built_site: Path, release: Path, nginx_server: Callable[..., str]
+) -> None:  # noqa: F811
     """axe is really checking: an image without alt and low-contrast text are violations, each
     pinned to the node that was doctored."""
     parent = built_site / "doctored"

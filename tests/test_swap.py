@@ -32,8 +32,17 @@ pytestmark = pytest.mark.nginx
 
 SWAPS = 50
 ICON_EVERY = 5
-CHECKPOINTS = ("after_config", "after_fetch", "after_encode", "after_render", "mid_write",
-               "before_stage_rename", "after_stage_rename", "before_switch", "after_switch")
+CHECKPOINTS = (
+    "after_config",
+    "after_fetch",
+    "after_encode",
+    "after_render",
+    "mid_write",
+    "before_stage_rename",
+    "after_stage_rename",
+    "before_switch",
+    "after_switch",
+)
 ARTIFACTS = REPO / "test-artifacts"
 # Seconds each probe thread rests between rounds (a round is / + its ~30 assets + /codes.json):
 # still hundreds of requests a second, and it leaves the builds most of a core on 2 cores.
@@ -155,8 +164,16 @@ def test_swap_under_load_no_errors_and_old_pages_keep_their_assets(served_site_d
             t0 = time.monotonic()
             result = run_cli(site, "build", "--offline")
             seconds = time.monotonic() - t0
-            builds.append({"n": i, "code": code, "icon": icon.name if icon else None, "returncode": result.returncode,
-                           "seconds": round(seconds, 2), "outcome": result.stdout.splitlines()[0] if result.stdout else ""})
+            builds.append(
+                {
+                    "n": i,
+                    "code": code,
+                    "icon": icon.name if icon else None,
+                    "returncode": result.returncode,
+                    "seconds": round(seconds, 2),
+                    "outcome": result.stdout.splitlines()[0] if result.stdout else "",
+                }
+            )
             assert result.returncode == 0, (i, result.stderr)
             assert "published" in result.stdout, (i, result.stdout)
             html = (site / "dist/current/index.html").read_text()
@@ -177,26 +194,33 @@ def test_swap_under_load_no_errors_and_old_pages_keep_their_assets(served_site_d
     final = served(base)
 
     figures = {
-        "swaps": len(builds), "icon_changes": sum(1 for b in builds if b["icon"]),
+        "swaps": len(builds),
+        "icon_changes": sum(1 for b in builds if b["icon"]),
         "build_seconds_median": sorted(b["seconds"] for b in builds)[len(builds) // 2],
         "build_seconds_max": max(b["seconds"] for b in builds),
         "probe": {k: v for k, v in report.items() if k != "examples"},
         "probe_examples": report["examples"],
         "first_release": {"build": first_build, "assets": len(first_assets), "missing_after_swaps": first_missing},
-        "retention": {"distinct_pages": len(probe.pages_seen), "assets_checked": len(seen_assets),
-                      "missing": seen_missing},
-        "final_release": live(site), "test_seconds": round(time.monotonic() - started, 1),
+        "retention": {
+            "distinct_pages": len(probe.pages_seen),
+            "assets_checked": len(seen_assets),
+            "missing": seen_missing,
+        },
+        "final_release": live(site),
+        "test_seconds": round(time.monotonic() - started, 1),
         "builds": builds,
     }
     path = write_artifact("swap-under-load.json", figures)
-    print(f"\nswap under load: {figures['swaps']} swaps ({figures['icon_changes']} with a new icon), "
-          f"build median {figures['build_seconds_median']}s; probe {report['requests']} requests "
-          f"({report['requests_per_second']}/s, {report['pages']} pages, {report['distinct_pages']} distinct builds seen), "
-          f"errors {report['errors']} (non-200 {report['non_200']}, torn {report['torn']}, "
-          f"no build meta {report['no_build_meta']}, missing assets {report['missing_assets']}, "
-          f"transport {report['transport_errors']}); first-release assets {len(first_assets)} checked, "
-          f"{len(first_missing)} missing; all seen pages: {len(seen_assets)} assets checked, "
-          f"{len(seen_missing)} missing -> {path.relative_to(REPO)}")
+    print(
+        f"\nswap under load: {figures['swaps']} swaps ({figures['icon_changes']} with a new icon), "
+        f"build median {figures['build_seconds_median']}s; probe {report['requests']} requests "
+        f"({report['requests_per_second']}/s, {report['pages']} pages, {report['distinct_pages']} distinct builds seen), "
+        f"errors {report['errors']} (non-200 {report['non_200']}, torn {report['torn']}, "
+        f"no build meta {report['no_build_meta']}, missing assets {report['missing_assets']}, "
+        f"transport {report['transport_errors']}); first-release assets {len(first_assets)} checked, "
+        f"{len(first_missing)} missing; all seen pages: {len(seen_assets)} assets checked, "
+        f"{len(seen_missing)} missing -> {path.relative_to(REPO)}"
+    )
 
     assert len(builds) == SWAPS
     assert report["requests"] > 20 * SWAPS, report
@@ -248,12 +272,16 @@ def test_kill_9_at_each_checkpoint_keeps_serving_and_converges(served_site_dir: 
             assert code in served(base).text, point
             assert not list(dist.glob(".staging-*")), (point, list(dist.glob(".staging-*")))
             assert not list(dist.glob(".current.*.tmp")), point
-            outcomes.append(f"{point}: killed, then {again.stdout.splitlines()[0].removeprefix('pipeline: ')} "
-                            f"({time.monotonic() - t0:.1f}s for both)")
+            outcomes.append(
+                f"{point}: killed, then {again.stdout.splitlines()[0].removeprefix('pipeline: ')} "
+                f"({time.monotonic() - t0:.1f}s for both)"
+            )
         time.sleep(0.2)
     report = probe.report()
-    print(f"\nkill -9 at {len(CHECKPOINTS)} checkpoints: probe {report['requests']} requests, "
-          f"{report['distinct_pages']} distinct builds seen, errors {report['errors']}")
+    print(
+        f"\nkill -9 at {len(CHECKPOINTS)} checkpoints: probe {report['requests']} requests, "
+        f"{report['distinct_pages']} distinct builds seen, errors {report['errors']}"
+    )
     for line in outcomes:
         print(f"  {line}")
     assert_probe_clean(probe, "kill -9 at each checkpoint")
@@ -298,8 +326,10 @@ def test_two_builds_at_once_one_runs_the_other_exits_75_naming_its_pid(served_si
         finally:
             stop_process(*(process for process in (first, second) if process is not None))
     report = probe.report()
-    print(f"\ntwo builds: first pid {first.pid} -> {first.returncode}; second pid {second.pid} -> "
-          f"{second.returncode}: {err2.strip()}; probe {report['requests']} requests, errors {report['errors']}")
+    print(
+        f"\ntwo builds: first pid {first.pid} -> {first.returncode}; second pid {second.pid} -> "
+        f"{second.returncode}: {err2.strip()}; probe {report['requests']} requests, errors {report['errors']}"
+    )
     assert first_still_running, "the second build must have ended while the first held the lock"
     assert first.returncode == 0 and "published r000002" in out1, (out1, err1)
     assert "11 encoded, 0 reused from cache" in out1, out1
@@ -326,15 +356,17 @@ def test_probe_reports_missing_assets_torn_pages_and_missing_build_ids(served_si
     for name in ("index.html.gz", "codes.json.gz"):
         (current / name).unlink(missing_ok=True)
     cut = html.index('<meta name="build"')
-    torn = html[:cut] + html[html.index(">", cut) + 1:]  # no build id ...
+    torn = html[:cut] + html[html.index(">", cut) + 1 :]  # no build id ...
     (current / "index.html").write_text(torn[: len(torn) * 3 // 4], encoding="utf-8")  # ... and cut short
     codes_json = (current / "codes.json").read_bytes()
     (current / "codes.json").write_bytes(codes_json[: len(codes_json) // 2])
     with Probe(base, threads=2) as probe:
         probe.wait_for_requests(200)
     report = probe.report()
-    print(f"\nprobe self-check: {report['requests']} requests, missing {report['missing_assets']}, "
-          f"torn {report['torn']}, no build meta {report['no_build_meta']}, non-200 {report['non_200']}")
+    print(
+        f"\nprobe self-check: {report['requests']} requests, missing {report['missing_assets']}, "
+        f"torn {report['torn']}, no build meta {report['no_build_meta']}, non-200 {report['non_200']}"
+    )
     assert report["missing_assets"] > 0 and any(gone in m for m in report["examples"]["missing_assets"]), report
     assert report["torn"] > 0 and report["no_build_meta"] > 0, report
     assert any(t.startswith("/codes.json") for t in report["examples"]["torn"]), report

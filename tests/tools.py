@@ -1,15 +1,15 @@
 """Helpers shared by the tests (the one copy of each; tests/nginx.py and the test modules import them).
 
-  require(ok, reason)         skip when an outside tool (or root, or mounts) is missing, fail instead
-                              when CI is set: the one skip helper for every external-tool check
-  built_default_site(cache)   the default site built once (offline, warm cache), outside pytest's tmp
-  html_pages(release)         every *.html of a release, with the URL nginx serves it at
-  img_srcs(html)              what each <img src> names, in document order (URLs from pipeline.gate.urls_in)
-  access_log(base)            nginx's access log for a server started by tests/nginx.py
-  stop_process(*processes)    the one process stopper: SIGTERM, bounded wait, SIGKILL (the process,
-                              or the group it leads), for Popens and for (pid, cmdline) of processes
-                              a test started indirectly
-  processes(), proc_info(pid), still_running(pid, cmdline)   what /proc says about processes
+require(ok, reason)         skip when an outside tool (or root, or mounts) is missing, fail instead
+                            when CI is set: the one skip helper for every external-tool check
+built_default_site(cache)   the default site built once (offline, warm cache), outside pytest's tmp
+html_pages(release)         every *.html of a release, with the URL nginx serves it at
+img_srcs(html)              what each <img src> names, in document order (URLs from pipeline.gate.urls_in)
+access_log(base)            nginx's access log for a server started by tests/nginx.py
+stop_process(*processes)    the one process stopper: SIGTERM, bounded wait, SIGKILL (the process,
+                            or the group it leads), for Popens and for (pid, cmdline) of processes
+                            a test started indirectly
+processes(), proc_info(pid), still_running(pid, cmdline)   what /proc says about processes
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def built_default_site(warm_cache: Path, prefix: str) -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class Page:
-    name: str     # its path inside the release, e.g. "index.html"
+    name: str  # its path inside the release, e.g. "index.html"
     file: Path
-    url: str      # the path nginx serves it at
-    status: int   # the status it is served with
+    url: str  # the path nginx serves it at
+    status: int  # the status it is served with
 
 
 def html_pages(release: Path) -> list[Page]:
@@ -137,8 +137,11 @@ def nginx_prefix(base: str) -> Path:
     """The private prefix of a server that tests/nginx.py started for `base`: the nginx-test-*
     temp dir whose server.conf listens on that port (served_site yields only the URL)."""
     port = urlsplit(base).port
-    found = [conf for conf in Path(tempfile.gettempdir()).glob("nginx-test-*/server.conf")
-             if re.search(rf"^\s*listen 127\.0\.0\.1:{port};", _read(conf), re.MULTILINE)]
+    found = [
+        conf
+        for conf in Path(tempfile.gettempdir()).glob("nginx-test-*/server.conf")
+        if re.search(rf"^\s*listen 127\.0\.0\.1:{port};", _read(conf), re.MULTILINE)
+    ]
     assert found, f"no nginx-test-* prefix in {tempfile.gettempdir()} listens on {port}"
     # A dir left by a killed run could name the same port: the live one was written last.
     return max(found, key=lambda conf: conf.stat().st_mtime_ns).parent
@@ -198,9 +201,11 @@ def stop_process(*processes: subprocess.Popen | tuple[int, str], group: bool = F
                     os.kill(pid, number)
 
     def any_running() -> bool:
-        return (any(leader_running(p) for p in popens)
-                or (group and any(p.returncode is not None and group_members(p.pid) for p in popens))
-                or any(still_running(pid, cmdline) for pid, cmdline in others))
+        return (
+            any(leader_running(p) for p in popens)
+            or (group and any(p.returncode is not None and group_members(p.pid) for p in popens))
+            or any(still_running(pid, cmdline) for pid, cmdline in others)
+        )
 
     signal_all(signal.SIGTERM)
     deadline = time.monotonic() + timeout

@@ -44,8 +44,10 @@ def load_view(site_dir: Path, today: dt.date | None = None) -> SiteView:
     content = config.load_content(document.label, document.text, {spec.name for spec in site.icons})
     manifest_bytes = (site.dist_dir / "current" / "manifest.json").read_bytes()
     manifest = json.loads(manifest_bytes)
-    entries = {logical: ManifestEntry(logical, e["url"], e["size"], e["integrity"], e["type"], e.get("width"), e.get("height"))
-               for logical, e in manifest.items()}
+    entries = {
+        logical: ManifestEntry(logical, e["url"], e["size"], e["integrity"], e["type"], e.get("width"), e.get("height"))
+        for logical, e in manifest.items()
+    }
     icons: dict[str, IconRef] = {}
     for spec in site.icons:  # the build's order: icon_map.yaml's
         first = entries[f"icons/{spec.slug}.png"]  # the first density: its size is the CSS box
@@ -59,9 +61,11 @@ def load_view(site_dir: Path, today: dt.date | None = None) -> SiteView:
 def _densities(entries: dict[str, ManifestEntry], slug: str, fmt: str) -> IconSource | None:
     """One format of an icon at every density, from the manifest's logical names
     ("icons/denny.webp" is the first density, "icons/denny@1.6x.webp" another)."""
-    found = sorted((1.0 if logical == f"icons/{slug}.{fmt}" else float(logical.split("@")[1][:-len(fmt) - 2]), e)
-                   for logical, e in entries.items()
-                   if logical == f"icons/{slug}.{fmt}" or (logical.startswith(f"icons/{slug}@") and logical.endswith("." + fmt)))
+    found = sorted(
+        (1.0 if logical == f"icons/{slug}.{fmt}" else float(logical.split("@")[1][: -len(fmt) - 2]), e)
+        for logical, e in entries.items()
+        if logical == f"icons/{slug}.{fmt}" or (logical.startswith(f"icons/{slug}@") and logical.endswith("." + fmt))
+    )
     if not found:
         return None
     return IconSource(found[0][1].mime, tuple(Candidate(e.url, d, e.width or 0, e.height or 0) for d, e in found))
@@ -81,7 +85,9 @@ class IndexPage:
         codes = self.view.content.codes
         active = [c for c in codes if c.active_on(today)]
         expired = [c for c in codes if not c.active_on(today)]
-        return render.render_page(self.env, self.templates, "index.html", active=active, expired=expired).encode("utf-8")
+        return render.render_page(self.env, self.templates, "index.html", active=active, expired=expired).encode(
+            "utf-8"
+        )
 
 
 def render_once(site_dir: Path) -> bytes:

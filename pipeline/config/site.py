@@ -26,6 +26,7 @@ from .loader import CONTROL, url_problem
 
 LABEL = "site.toml"
 INDEXNOW_KEY = re.compile(r"^[A-Za-z0-9-]{8,128}$")
+S3_TARGET = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")  # as pipeline/bucket.py parses it
 MAX_SECONDS = 3600.0  # a timeout beyond an hour is a typo; far beyond, the socket layer overflows
 
 
@@ -92,7 +93,15 @@ SECTIONS: dict[str, dict[str, Rule]] = {
         "densities": Rule("densities"),
     },
     "render": {"eager": Rule("whole", 0)},
-    "publish": {"keep_releases": Rule("whole", 1), "retention_hours": Rule("number", 0, unit=" of hours")},
+    "publish": {
+        "keep_releases": Rule("whole", 1),
+        "retention_hours": Rule("number", 0, unit=" of hours"),
+        "target": TEXT,
+        "endpoint": TEXT,
+        "region": TEXT,  # the bucket (pipeline/bucket.py)
+        "upload_timeout": SECONDS,
+        "upload_deadline": SECONDS,
+    },
     "indexnow": {"key": TEXT, "endpoint": TEXT, "timeout": SECONDS},
 }
 SETTINGS: dict[str, type] = {
@@ -133,6 +142,14 @@ def load_site(root: Path) -> SiteConfig:
         )
     if "endpoint" in indexnow and (problem := url_problem(indexnow["endpoint"])):
         problems.append(f"{at('indexnow', 'endpoint')} [indexnow] endpoint {problem}")
+    publish = values["publish"]
+    if publish.get("target") and not S3_TARGET.match(publish["target"]):
+        problems.append(
+            f"{at('publish', 'target')} [publish] target must look like s3://BUCKET/PREFIX, "
+            f"got {publish['target'][:80]!r}"
+        )
+    if publish.get("endpoint") and (problem := url_problem(publish["endpoint"])):
+        problems.append(f"{at('publish', 'endpoint')} [publish] endpoint {problem}")
     parts = {name: cls(**values[name]) for name, cls in SETTINGS.items()}
     try:
         icons = load_icon_map(root / "icon_map.yaml", parts["encode"])
@@ -249,7 +266,7 @@ def _shown(value: Any) -> str:
 def _content_problem(root: Path, content: str) -> str | None:
     """Why the codes data named by [site] content cannot be read; a missing file is the build's
     to report (it says where it looked)."""
-    if content.startswith(("http://", "https://")):
+    if "://" in content:  # a URL, never a file name: only http(s) is fetched
         return url_problem(content)
     if not content.strip() or CONTROL.search(content):
         return f"must name the codes file (or an http(s) feed URL), got {_shown(content)}"

@@ -288,3 +288,18 @@ def test_a_resized_icon_gets_a_palette_where_it_keeps_the_floor() -> None:
 def test_lossless_only_never_uses_a_palette() -> None:
     encoded = encode_icon(source(ICONS[0].read_bytes(), EncodeSettings(lossless_only=True)))
     assert {v.detail for v in encoded.variants} <= {"lossless", "oxipng"}
+
+
+def test_a_fine_coloured_grain_gets_a_near_lossless_webp_where_no_lossy_one_keeps_the_floor() -> None:
+    """The weak spot of bench/weak_spot.py: lossy WebP is always 4:2:0, and a fine chroma grain
+    loses more to 4:2:0 alone than the floor allows; near-lossless WebP keeps full chroma."""
+    rng = np.random.default_rng(3)
+    pixels = np.zeros((128, 128, 4), np.int16)
+    pixels[...] = (200, 150, 60, 255)
+    pixels[..., :3] += rng.integers(-3, 4, size=(128, 128, 3))
+    data = png_bytes(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)))
+    encoded = encode_icon(source(data, EncodeSettings(display=0, avif=False)))
+    webp = encoded.variants[0]
+    assert webp.format == "webp" and webp.detail.startswith("near-lossless"), encoded.variants
+    assert len(webp.data) < 0.6 * len(data)
+    assert ssim(decode(data, "grain"), Image.open(io.BytesIO(webp.data))) >= 0.98

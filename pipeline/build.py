@@ -1,7 +1,7 @@
 """The only module that knows the stage order. One call = one run, under the lock.
 
-    config -> fetch -> encode (cached) -> minify CSS -> fingerprint -> render -> minify HTML
-           -> publish (gate, switch) -> RunReport
+    config -> fetch -> encode (cached) -> minify CSS (+ read static/) -> fingerprint -> render
+           -> minify HTML -> publish (gate, switch) -> RunReport
 
 Ordering that matters is written here: CSS is minified before it is hashed (the hash covers the
 served bytes); HTML is minified after rendering; a fresh source is stored in icons/ only once it
@@ -14,19 +14,33 @@ import datetime as dt
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from . import config, encode, fetch, fingerprint, indexnow, minify, publish, render
 from .cache import EncodeCache
 from .encode_pool import encode_all
-from .errors import ConfigError, PipelineError
+from .errors import ConfigError, PipelineError, describe_os_error
 from .lock import exclusive
-from .model import Asset, Content, Document, Origin, PingResult, Progress, RunReport, SiteConfig, SiteView, SourceIcon
+from .model import (
+    MIME,
+    Asset,
+    Content,
+    Document,
+    Origin,
+    PingResult,
+    Progress,
+    RunReport,
+    SiteConfig,
+    SiteView,
+    SourceIcon,
+)
 from .store import FeedStore, IconStore
 
 FEED_COPY = "feed/codes"  # under .cache/: the last good copy of a codes feed, and its validators
@@ -83,9 +97,11 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     request.checkpoint("after_encode")
     with timings("minify"):
         css_before, css_assets = _static_assets(site)
+        static = _static_files(site)
     with timings("fingerprint"):
         site_icons = _site_icons(sources, cache)
         assets = [a for icon in encoded for a in fingerprint.icon_assets(icon)] + css_assets + site_icons
+        assets += _static_file_assets(static, {a.logical for a in assets})
         manifest = fingerprint.fingerprint(assets)
         refs = fingerprint.icon_refs(encoded, {s.name: s.alt for s in site.icons}, manifest)
         manifest_bytes = (json.dumps(fingerprint.manifest_json(manifest), indent=1) + "\n").encode()
@@ -113,6 +129,7 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
         if site.indexnow.key:  # served in every release, so the endpoint can verify us at any time
             files[f"{site.indexnow.key}.txt"] = site.indexnow.key.encode()
             required += (f"{site.indexnow.key}.txt",)
+        files.update(_unclobbered(static, files))
         target: publish.Target = publish.LocalDirectory(site.dist_dir)
         result = target.publish(files, site.publish, request.now, request.checkpoint, required)
     if site.publish.target:  # then the bucket gets exactly what the gate passed; its result is what readers see
@@ -190,6 +207,92 @@ def _static_assets(site: SiteConfig) -> tuple[int, list[Asset]]:
         before += len(data)
         assets.append(Asset(path.name, data, "text/javascript"))
     return before, assets
+
+
+STATIC_TYPES = {
+    "gif": "image/gif",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "svg": "image/svg+xml",
+    "ico": "image/x-icon",
+    "woff2": "font/woff2",
+    "woff": "font/woff",
+    "pdf": "application/pdf",
+    "webmanifest": "application/manifest+json",
+}  # beside model.MIME; a fixed table (not `mimetypes`, which reads the host's files): same manifest everywhere
+
+
+def _static_files(site: SiteConfig) -> dict[str, bytes]:
+    """SITE/static/, as written: path relative to static/ -> bytes (`static/img/logo.png` is
+    published as `/img/logo.png`). Dotfiles count (`.well-known/security.txt`). A symlink or a
+    special file (FIFO, socket, device) is refused: a release holds only regular files of its own."""
+    root = site.static_dir
+    if not root.exists():
+        return {}
+    if not root.is_dir():
+        raise ConfigError("static: is not a folder; make it one (its files are published as they are) or remove it")
+
+    def unreadable(error: OSError) -> None:
+        raise error
+
+    files: dict[str, bytes] = {}
+    problems: list[str] = []
+    try:
+        for directory, dirnames, filenames in os.walk(root, onerror=unreadable):  # never follows a symlink
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                path = Path(directory) / name
+                relative = path.relative_to(root).as_posix()
+                mode = path.lstat().st_mode
+                if stat.S_ISLNK(mode):
+                    problems.append(f"static/{relative}: is a symlink; copy the file itself into static/")
+                elif not relative.isprintable():
+                    problems.append(f"static/{relative!r}: the name holds a control character; rename it")
+                elif stat.S_ISREG(mode):
+                    files[relative] = path.read_bytes()
+                elif not stat.S_ISDIR(mode):
+                    problems.append(f"static/{relative}: is not a regular file (a FIFO, socket or device); remove it")
+    except OSError as error:
+        raise ConfigError(f"static: cannot read it: {describe_os_error(error)}") from None
+    if problems:
+        raise ConfigError("static/ holds files that cannot be published; nothing was published", tuple(problems))
+    return files
+
+
+def _static_file_assets(static: dict[str, bytes], taken: set[str]) -> list[Asset]:
+    """Each static file is also an asset under its path relative to static/, so
+    `asset_url("img/logo.png")` gives a fingerprinted, immutable copy. A name another asset has
+    (templates/style.css, the site icon, an icon's file) is refused rather than shadowed."""
+    clashes = sorted(taken & static.keys())
+    if clashes:
+        raise ConfigError(
+            "static/ files have the asset name of a generated asset; rename them",
+            tuple(f"static/{name}: asset_url({name!r}) already names a generated asset" for name in clashes),
+        )
+    return [Asset(name, data, _static_type(name)) for name, data in sorted(static.items())]
+
+
+def _static_type(name: str) -> str:
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+    return MIME.get(ext) or STATIC_TYPES.get(ext, "application/octet-stream")
+
+
+def _unclobbered(static: dict[str, bytes], files: dict[str, bytes]) -> dict[str, bytes]:
+    """The static files, unless one would replace a file the build writes (a page, codes.json,
+    sitemap.xml, robots.txt, manifest.json, favicon.ico, the IndexNow key), a precompressed twin
+    the publisher writes beside one (`X.gz`, `X.br`), or anything under assets/."""
+    published = files.keys() | static.keys()
+    problems = []
+    for name in sorted(static):
+        if name in files:
+            problems.append(f"static/{name}: the build writes /{name} itself; rename or remove the static file")
+        elif name.split("/", 1)[0] == "assets":
+            problems.append(f"static/{name}: /assets/ holds the fingerprinted files; move it out of static/assets/")
+        elif (twin := next((name.removesuffix(s) for s in publish.COMPRESSED if name.endswith(s)), "")) in published:
+            problems.append(f"static/{name}: the build writes the compressed copy of /{twin} itself; remove it")
+    if problems:
+        raise ConfigError("static/ would overwrite files the build writes; nothing was published", tuple(problems))
+    return static
 
 
 def _site_icons(sources: list[SourceIcon], cache: EncodeCache) -> list[Asset]:

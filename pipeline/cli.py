@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _refresh(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "report":
+        return _report(args)
     if args.command in ("init", "check"):
         return _init(args) if args.command == "init" else _check(args)
     started = time.perf_counter()
@@ -151,6 +153,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from . import config
+    from .report import write_report
+
+    try:
+        site = config.load_site(Path(args.site))
+        done = write_report(site, Path(args.out) if args.out else site.cache_dir / "report.html")
+    except PipelineError as error:
+        print(f"pipeline: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except OSError as error:
+        print(f"pipeline: error: the report was not written: {describe_os_error(error)}", file=sys.stderr)
+        return EX_IOERR
+    missing = f"; {done.missing} not encoded yet: run pipeline build" if done.missing else ""
+    print(f"pipeline report: {done.icons} icons{missing}", file=sys.stderr)
+    print(done.path)
+    return 0
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535 (0: any free port)")
@@ -255,6 +276,10 @@ def _parser() -> argparse.ArgumentParser:
         "serve", parents=[common], help="preview on 127.0.0.1 while you edit: rebuilds and reloads the page (not dist/)"
     )
     serve_cmd.add_argument("--port", type=_port, default=8000, metavar="N", help="default 8000; 0: any free port")
+    report_cmd = commands.add_parser(
+        "report", parents=[common], help="an HTML page: each icon's source beside its encoded files (no encoding)"
+    )
+    report_cmd.add_argument("--out", metavar="FILE", help="where to write it (default: .cache/report.html in the site)")
     return parser
 
 

@@ -119,6 +119,10 @@ class SiteConfig:
         return self.root / "templates"
 
     @property
+    def static_dir(self) -> Path:
+        return self.root / "static"
+
+    @property
     def dist_dir(self) -> Path:
         return self.root / "dist"
 

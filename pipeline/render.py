@@ -1,8 +1,9 @@
 """Stage 4: SiteView -> pages. Pure given the templates folder.
 
 Jinja2 with autoescape and StrictUndefined. Templates get `ICON_MAP` (name -> IconRef),
-`icon(name)`, `asset_url(logical)`, `icon_loading()`, `content_security_policy`, the content and
-the site; `_macros.html` draws <picture>.
+`icon(name)`, `picture(name, class="icon", alt=none)` (built in; a site's own macro of that name
+shadows it), `asset_url(logical)`, `icon_loading()`, `content_security_policy`, the content and
+the site.
 Every template error, an unknown icon included, is reported as templates/FILE:LINE.
 Besides the HTML pages (every templates/*.html not starting with "_"), this stage writes
 codes.json, sitemap.xml and robots.txt.
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
 import jinja2
+from markupsafe import Markup, escape
 
 from .errors import TemplateError
 from .model import IconRef, Page, SiteView
@@ -82,13 +85,19 @@ def environment(
     def integrity(logical: str) -> str:
         return view.assets[logical].integrity if logical in view.assets else asset_url(logical)
 
+    loading = _LoadingOrder(eager)
+
+    def picture(name: str, *args: object, **kwargs: object) -> Markup:
+        return picture_markup(icon(name), loading, *args, **kwargs)
+
     env.globals.update(
-        icon_loading=_LoadingOrder(eager),  # a global: imported macros see globals, not the page's context
+        icon_loading=loading,  # a global: imported macros see globals, not the page's context
         site=view,
         ICON_MAP=view.icons,
         icon_map_json=icon_map_json(view.icons),
         content_security_policy=CONTENT_SECURITY_POLICY,
         icon=icon,
+        picture=picture,  # built in; a template's own `picture` (imported or defined) shadows it
         asset_url=asset_url,
         integrity=integrity,
         active=[c for c in view.content.codes if c.active_on(view.today)],
@@ -131,6 +140,30 @@ def _message(error: BaseException) -> str:
     if isinstance(error, jinja2.UndefinedError):
         return f"{text}; pass it in or fix the name"
     return text
+
+
+def picture_markup(ref: IconRef, loading: Callable[[], str], *args: object, **kwargs: object) -> Markup:
+    """`picture(name, class="icon", alt=none)`, built in: exactly the markup of the `picture`
+    macro in templates/_macros.html (tests/test_static.py keeps the two equal), every value
+    escaped. Jinja passes `class` as a keyword argument; like a macro's, the arguments may also
+    come by position, and an unknown or repeated one is an error."""
+    params = dict(zip(("class", "alt"), args, strict=False))
+    if len(args) > 2:
+        raise TypeError(f"picture() takes at most 3 positional arguments ({len(args) + 1} given)")
+    for key, value in kwargs.items():
+        if key not in ("class", "alt"):
+            raise TypeError(f"picture() takes no keyword argument {key!r}")
+        if key in params:
+            raise TypeError(f"picture() got multiple values for argument {key!r}")
+        params[key] = value
+    css_class, alt = params.get("class", "icon"), params.get("alt")
+    sources = "".join(f'<source type="{escape(s.mime)}" srcset="{escape(s.srcset)}">' for s in ref.sources)
+    srcset = f' srcset="{escape(ref.img_srcset)}"' if ref.img_srcset else ""
+    return Markup(
+        f'<picture>{sources}<img src="{escape(ref.fallback)}"{srcset} width="{escape(ref.width)}"'
+        f' height="{escape(ref.height)}" alt="{escape(ref.alt if alt is None else alt)}"'
+        f' class="{escape(css_class)}" loading="{escape(loading())}" decoding="async">\n</picture>'
+    )
 
 
 class _LoadingOrder:

@@ -25,6 +25,7 @@ Visits:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import io
@@ -102,6 +103,23 @@ def require_chromium() -> None:
     from .tools import require  # here: only this function's body is this change's to touch
 
     require(*chromium_available())
+
+
+@contextlib.contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """Debian's Chromium under Playwright for the block (skipped, or failed under CI, if missing).
+    launch() gives it a fresh temporary profile (user-data-dir) and removes it on close."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 # ---- what a visit returns --------------------------------------------------------------------
@@ -624,18 +642,8 @@ def server(built_site: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # launch() gives Chromium a fresh temporary profile (user-data-dir) and removes it on close.
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture(scope="module")

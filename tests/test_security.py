@@ -36,12 +36,11 @@ import pytest
 from pipeline.render import CONTENT_SECURITY_POLICY
 
 from .nginx import SHIPPED_CONF, require_nginx, served_site
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from .test_browser import launched_chromium
 from .tools import MISSING_PAGE, built_default_site, html_pages
 
 TIMEOUT = 5.0
 TIMEOUT_MS = 10_000
-LAUNCH_TIMEOUT_MS = 30_000
 
 HEADER_POLICY = CONTENT_SECURITY_POLICY + "; frame-ancestors 'none'"
 SECURITY_HEADERS = {
@@ -125,17 +124,8 @@ def server(built_site: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 class Markup(HTMLParser):

@@ -25,14 +25,13 @@ from typing import Any
 import pytest
 
 from .nginx import nginx_server, require_nginx, served_site  # noqa: F401 (nginx_server is a fixture)
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from .test_browser import launched_chromium, require_chromium
 from .tools import CI_NODE_MODULES, Page, built_default_site, html_pages, require
 
 VNU_JAR = CI_NODE_MODULES / "vnu-jar" / "build" / "dist" / "vnu.jar"
 AXE_JS = CI_NODE_MODULES / "axe-core" / "axe.min.js"
 NU_TIMEOUT = 120  # seconds for one vnu run (a JVM start and a few pages: ~3 s)
 TIMEOUT_MS = 10_000  # every Playwright wait
-LAUNCH_TIMEOUT_MS = 30_000
 VIEWPORTS: dict[str, dict[str, Any]] = {
     "desktop-1280x800": {"viewport": {"width": 1280, "height": 800}, "device_scale_factor": 1},
     "phone-390x844@3x": {
@@ -217,16 +216,8 @@ def server(built_site: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     require_axe()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 # ---- tests: Nu HTML checker --------------------------------------------------------------------

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.schedule import RunOutcome, Scheduler, ScheduleSettings
 
 from .conftest import REPO
@@ -138,3 +140,27 @@ def test_second_daemon_is_refused(site: Path) -> None:
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--interval", "0"),
+        ("--interval", "-5"),
+        ("--interval", "nan"),
+        ("--interval", "inf"),
+        ("--run-timeout", "0.5"),
+        ("--jitter", "-1"),
+    ],
+)
+def test_a_duration_out_of_range_is_a_usage_error_not_a_traceback(tmp_path: Path, flag: str, value: str) -> None:
+    """`--interval 0` used to end in a ZeroDivisionError traceback inside the scheduler."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "refresh", "--site", str(tmp_path), flag, value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument {flag}: {value!r} must be a duration of at least" in result.stderr

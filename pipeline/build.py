@@ -78,7 +78,9 @@ def _run(request: BuildRequest, client: httpx.Client | None) -> RunReport:
     request.checkpoint("after_config")
     with timings("fetch"):
         store = IconStore(site.icons_dir)
-        sources = fetch.fetch_sources(site.icons, {s.name: store.load(s) for s in site.icons}, client, site.fetch)
+        sources = fetch.fetch_sources(
+            site.icons, {s.name: store.load(s) for s in site.icons}, client, site.fetch, progress=request.progress
+        )
     request.checkpoint("after_fetch")
     with timings("encode"):
         cache = EncodeCache(site.cache_dir / "encode")

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -36,7 +36,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from .errors import FetchFailed, SourceError
-from .model import Document, FetchSettings, IconSpec, Origin, SourceIcon, Stored, sniff
+from .model import Document, FetchSettings, IconSpec, Origin, Progress, SourceIcon, Stored, sniff
 
 USER_AGENT = "pipeline-static-site/0.1 (+icon fetch; conditional GET)"
 Resolver = Callable[[str, int], list[str]]  # (host, port) -> its addresses, best first; OSError if none
@@ -64,6 +64,7 @@ def fetch_sources(
     *,
     resolve: Resolver | None = None,
     clock: Callable[[], float] = time.monotonic,
+    progress: Progress = lambda stage, done, total, item: None,
 ) -> list[SourceIcon]:
     """Every icon's source bytes, fetched concurrently; `stored`: icon name -> its last good copy;
     client None means offline (the stored copies only). A source that fails falls back to its
@@ -91,7 +92,11 @@ def fetch_sources(
             return SourceIcon(spec, copy.data, Origin.STALE, str(failure), copy.etag, copy.last_modified)
 
     with _watchdog(fetcher, settings.deadline), ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
-        futures = [pool.submit(fetch_one, spec) for spec in specs]
+        futures = {pool.submit(fetch_one, spec): spec.name for spec in specs}
+        if fetcher is not None:  # offline, icons/ is read in a blink: no progress to show
+            progress("fetch", 0, len(futures), "")
+            for done, future in enumerate(as_completed(futures), 1):
+                progress("fetch", done, len(futures), futures[future])
     sources, problems = [], []
     for future in futures:
         try:

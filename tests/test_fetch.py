@@ -694,3 +694,13 @@ def test_a_redirect_to_a_url_httpx_cannot_parse_is_a_stale_source_not_a_crash(or
     [source] = fetch_sources([icon], copies(store, [icon]), client, SETTINGS)
     assert source.origin is Origin.STALE and source.data == OLD_PNG
     assert "redirects to" in source.reason and "refused" in source.reason, source.reason
+
+
+def test_progress_reports_each_source_as_it_finishes(origin, client, store) -> None:
+    icons = [spec(origin.url("/ok.png"), f"Icon {n}") for n in range(5)]
+    seen: list[tuple[str, int, int, str]] = []
+    sources = fetch_sources(icons, copies(store, icons), client, SETTINGS, progress=lambda *call: seen.append(call))
+    assert [s.spec for s in sources] == icons  # results stay in icon_map.yaml's order
+    assert seen[0] == ("fetch", 0, 5, "")
+    assert [(stage, done, total) for stage, done, total, _ in seen[1:]] == [("fetch", n, 5) for n in range(1, 6)]
+    assert sorted(name for *_, name in seen[1:]) == sorted(icon.name for icon in icons)

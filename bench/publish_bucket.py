@@ -18,6 +18,7 @@ the state object). Writes bench/results/publish_bucket.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -36,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import build_times  # noqa: E402 - bench/build_times.py: the large site and the local origin
 
-from tests.seaweed import S3Proxy, seaweed_cluster  # noqa: E402
+from tests.seaweed import S3Proxy, seaweed_cluster, weed_available  # noqa: E402 - pytest-free
 
 RESULTS = HERE / "results" / "publish_bucket.json"
 
@@ -82,12 +83,27 @@ def scenario(site_dir: Path, proxy: S3Proxy, label: str) -> dict[str, Any]:
     return result
 
 
+def missing() -> list[str]:
+    """What this bench needs beyond the bench extra, if it is not installed."""
+    problems = []
+    if importlib.util.find_spec("obstore") is None:
+        problems.append("obstore is not installed (the s3 extra: pip install -e '.[bench,s3]')")
+    weed, reason = weed_available()
+    if not weed:
+        problems.append(reason)
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 icons")
     parser.add_argument("--icons", type=int, default=0, help="icons in the large site (default 500; 100 with --quick)")
     parser.add_argument("--output", default=str(RESULTS.relative_to(ROOT)), help="where the JSON goes")
     args = parser.parse_args(argv)
+    problems = missing()
+    if problems:
+        print(f"publish_bucket: cannot run: {'; '.join(problems)}", file=sys.stderr)
+        return 69
     icons = args.icons or (100 if args.quick else 500)
     load_before = os.getloadavg()
     print(f"publish_bucket: {icons} icons; load average {load_before[0]:.2f}", flush=True)

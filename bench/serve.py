@@ -4,7 +4,7 @@ Builds the default site (offline) into a temp copy and starts three stacks on 12
 once (idle servers cost no CPU), so every number comes from the same run:
 
   ours      /usr/sbin/nginx with the shipped server block (deploy/nginx.conf) serving dist/current
-            through tests/nginx.py's generated main config; for the benchmark only `access_log
+            through tests/nginx_core.py's generated main config; for the benchmark only `access_log
             off`, `worker_connections 1024` and `worker_processes` (--workers, default 1) differ.
             gzip_static on: a gzip request gets the prebuilt index.html.gz (gzip -9).
   fly       the same, with the block's `gzip off; gzip_static on;` turned into `gzip on;
@@ -27,22 +27,32 @@ then runs wrk on 127.0.0.1 against one path, in two variants,
 then again), and prints the median requests/s and transfer/s of each, the ratios ours/baseline
 per variant (the target: >= 200x with gzip) and fly/baseline, and the resident memory of each
 stack's processes (VmRSS and PSS of nginx master + workers, gunicorn master + workers, from
-/proc) idle and after the load. wrk shares the cores with the servers (and so does anything else
-running), so two more columns say how far that moved the numbers: the ratio of the two runs of
-the same round (seconds apart) as a median over rounds, and the CPU the stack's own processes
-spent per request (utime + stime from /proc over the run, divided by the requests), which
-contention hardly changes. The load average before and after is printed and recorded.
+/proc) idle and after the load.
+
+Pinned, so the ratio measures the servers and not wrk: every server process (each nginx master and
+its workers, gunicorn's master and workers, the baseline's proxy) runs under `taskset -c` on the
+server cores, wrk on the others (default: the usable cores split in two halves, servers first; on
+2 cores, servers on one, wrk on the other; --server-cpus/--wrk-cpus to choose, --no-pin to
+share). The affinity each process really has is read back from /proc (Cpus_allowed_list) and
+printed. wrk gets one thread per core it has; gunicorn 2 x server cores + 1 workers, the textbook
+count for the cores it may use. Anything else running still shares the cores, so two more columns
+say how far that moved the numbers: the ratio of the two runs of the same round (seconds apart) as
+a median over rounds, and the CPU the stack's own processes spent per request (utime + stime from
+/proc over the run, divided by the requests), which contention hardly changes. The load average
+before and after is printed and recorded.
 
 Bounded: wrk runs with -d (default 5s) and a subprocess timeout of duration + 30 s; every server
 is stopped by PID (SIGTERM to the master, a bounded wait, then SIGKILL to its process group) in a
 finally block; the temp site and prefixes are removed.
 
-Needs, besides nginx and wrk: Flask and gunicorn (bench-only; `pip install flask gunicorn`), or
---no-baseline for the nginx rows alone.
+Needs nginx, wrk and taskset (apt-get install nginx wrk util-linux), and for the baseline Flask
+and gunicorn: the bench extra (pip install -e '.[bench]'), or --no-baseline for the nginx rows
+alone. No pytest: the nginx harness comes from tests/nginx_core.py, which does not import it.
 
 Usage (2 cores: about 2 minutes with the defaults, a warm encode cache in the repo's .cache/
 is reused):
   python bench/serve.py
+  python bench/serve.py --quick        # one 2 s run per cell, about 40 s
   python bench/serve.py --duration 10s --connections 64 --repeat 5 --workers 2
 
 Writes bench/results/serve.json.
@@ -60,6 +70,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,12 +83,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # the repo's tests/ helpers and pipeline, even when not installed
 
-from tests import nginx as harness  # noqa: E402
-from tests.conftest import copy_default_site  # noqa: E402
+from tests import nginx_core as harness  # noqa: E402 - pytest-free, unlike tests/nginx.py
+from tests.sites import copy_default_site  # noqa: E402
 
 RESULTS = HERE / "results" / "serve.json"
 BASELINE = HERE / "baseline"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
 VARIANTS = {"gzip": ["-H", "Accept-Encoding: gzip"], "plain": []}
 HEADERS = {"gzip": {"Accept-Encoding": "gzip"}, "plain": {}}
 UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
@@ -92,8 +104,12 @@ STACKS = {
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ok, reason = harness.nginx_available()
-    if not ok or not os.access(WRK, os.X_OK):
-        print(f"serve bench: cannot run: {reason or f'wrk not found ({WRK})'}", file=sys.stderr)
+    if ok and not os.access(WRK, os.X_OK):
+        ok, reason = False, f"wrk is not installed (apt-get install wrk; looked for {WRK})"
+    if ok and args.pin and not os.access(TASKSET, os.X_OK):
+        ok, reason = False, "taskset is not installed (apt-get install util-linux), or run with --no-pin"
+    if not ok:
+        print(f"serve bench: cannot run: {reason}", file=sys.stderr)
         return 69
     if not args.no_baseline:
         missing = [name for name in ("flask", "gunicorn") if importlib.util.find_spec(name) is None]
@@ -115,10 +131,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--threads", "-t", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument(
+        "--threads", "-t", type=int, default=0, help="wrk threads (default: one per wrk core; 2 unpinned)"
+    )
     parser.add_argument("--connections", "-c", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--duration", "-d", default="5s", help="wrk duration per run, e.g. 5s (default)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the median is reported (default 3)")
+    parser.add_argument("--quick", action="store_true", help="--duration 2s --repeat 1 (about 40 s)")
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        default=None,
+        help="cores for every server process, e.g. 0 or 0-1 (default: the first half)",
+    )
+    parser.add_argument(
+        "--wrk-cpus", type=cpu_list, default=None, help="cores for wrk, e.g. 1 (default: the other half)"
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="no taskset: servers and wrk share every core"
+    )
     parser.add_argument("--path", default="/", help="the URL path to load (default /)")
     parser.add_argument(
         "--workers",
@@ -127,7 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="worker_processes of every nginx (ours, fly, the baseline's proxy); default 1, as the tests",
     )
     parser.add_argument(
-        "--gunicorn-workers", type=int, default=0, help="baseline gunicorn sync workers (default 2 x cores + 1)"
+        "--gunicorn-workers", type=int, default=0, help="baseline gunicorn sync workers (default 2 x server cores + 1)"
     )
     parser.add_argument(
         "--gzip-level",
@@ -143,12 +174,64 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})"
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeat = "2s", 1
     if not re.fullmatch(r"\d+(\.\d+)?[smh]?", args.duration):
         parser.error(f"--duration {args.duration!r}: use e.g. 5s, 30s or 1m")
+    try:
+        args.server_cpus, args.wrk_cpus = choose_cpus(args.pin, args.server_cpus, args.wrk_cpus)
+    except ValueError as error:
+        parser.error(str(error))
+    args.threads = args.threads or (len(args.wrk_cpus) if args.pin else 2)
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads (wrk needs one per thread)")
-    args.gunicorn_workers = args.gunicorn_workers or 2 * (os.cpu_count() or 1) + 1
+    args.gunicorn_workers = args.gunicorn_workers or 2 * len(args.server_cpus) + 1
     return args
+
+
+def cpu_list(text: str) -> list[int]:
+    """`0`, `0,2` or `0-3` (taskset's list syntax) -> sorted core numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise argparse.ArgumentTypeError(f"{text!r}: use core numbers like 0, 0,2 or 0-3")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return sorted(cpus)
+
+
+def choose_cpus(pin: bool, server: list[int] | None, load: list[int] | None) -> tuple[list[int], list[int]]:
+    """(server cores, wrk cores). Pinned: the usable cores (this process's affinity) split in two
+    halves unless given, disjoint and usable; unpinned: every usable core for both."""
+    usable = sorted(os.sched_getaffinity(0))
+    if not pin:
+        return usable, usable
+    if len(usable) < 2 and not (server and load):
+        raise ValueError(f"pinning needs 2 usable cores, this process has {usable}: run with --no-pin")
+    server = server or [c for c in usable if c not in (load or [])][: max(1, len(usable) // 2)]
+    load = load or [c for c in usable if c not in server]
+    for name, cpus in (("--server-cpus", server), ("--wrk-cpus", load)):
+        if not cpus or not set(cpus) <= set(usable):
+            raise ValueError(f"{name} {cpus}: not among the usable cores {usable}")
+    if set(server) & set(load):
+        raise ValueError(f"--server-cpus {server} and --wrk-cpus {load} overlap: the point is to keep them apart")
+    return server, load
+
+
+def pinned(args: argparse.Namespace, cpus: list[int]) -> list[str]:
+    """The command prefix that runs a program on `cpus` (taskset execs it, so the PID stays the
+    program's and its children inherit the affinity); nothing when --no-pin."""
+    return [TASKSET, "-c", ",".join(map(str, cpus))] if args.pin else []
+
+
+def cores(cpus: list[int]) -> str:
+    return f"core{'s' if len(cpus) > 1 else ''} {','.join(map(str, cpus))}"
+
+
+def allowed_cpus(pid: int) -> str:
+    """The cores the kernel lets `pid` run on, as /proc prints them (e.g. "0" or "0-1")."""
+    found = re.search(r"^Cpus_allowed_list:\s+(\S+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return found.group(1) if found else "?"
 
 
 def seconds_of(duration: str) -> float:
@@ -221,14 +304,9 @@ def memory_kib(pids: list[int]) -> dict[str, object]:
     return {"rss": rss, "rss_total": sum(rss.values()), "pss_total": pss, "processes": len(rss)}
 
 
-def stop_by_pid(process: subprocess.Popen) -> None:
-    """SIGTERM the master, a bounded wait, then SIGKILL its process group (it leads a new session)."""
-    harness.stop(process)
-
-
 def wait_until_answering(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not harness._answers(port):  # noqa: SLF001 - the harness's own readiness check
+    while not harness.answers(port):
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"serve bench: {what} did not answer on 127.0.0.1:{port}\n{tail}")
@@ -278,34 +356,23 @@ server {{
 
 
 class Nginx:
-    """The harness's main config around a server block, started here so the master's PID is
-    known (for memory and the stop). `block(port)` gives the server block text."""
+    """The harness's main config around a server block, for the benchmark with `access_log off`
+    (no disk I/O per request), `worker_connections 1024` and `workers` worker processes, started
+    under `wrapper` (taskset). `block(port)` gives the server block text."""
 
-    def __init__(self, site: Path, workers: int, block=None) -> None:
-        self.site, self.workers = site, workers
+    def __init__(self, site: Path, workers: int, wrapper: list[str], block=None) -> None:
+        self.site, self.workers, self.wrapper = site, workers, wrapper
         self.block = block or (lambda port: shipped_block(port, site))
         self.prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     def __enter__(self) -> Nginx:
-        harness.open_path_to(self.site)
-        self.port = harness.free_port()
-        conf = harness.write_configs(self.prefix, self.block(self.port))
-        text = conf.read_text(encoding="utf-8")
-        text = text.replace("worker_processes 1;", f"worker_processes {self.workers};")
-        text = text.replace(f"access_log {self.prefix / 'access.log'};", "access_log off;")  # no disk I/O per request
-        text = text.replace("worker_connections 64;", "worker_connections 1024;")
-        conf.write_text(text, encoding="utf-8")
-        self.process = subprocess.Popen(
-            [harness.nginx_binary(), "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.prefix / "error.log")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
         try:
-            wait_until_answering(self.port, self.process, "nginx", self.prefix / "error.log", harness.START_TIMEOUT)
+            harness.open_path_to(self.site)
+            self.process, self.port = harness.launch(
+                self.prefix, self.block, workers=self.workers, connections=1024, access_log=False, wrapper=self.wrapper
+            )
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -313,7 +380,7 @@ class Nginx:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.process is not None:
-            stop_by_pid(self.process)
+            harness.stop(self.process)
         shutil.rmtree(self.prefix, ignore_errors=True)
 
     def pids(self) -> list[int]:
@@ -326,8 +393,8 @@ class Gunicorn:
 
     START_TIMEOUT = 30.0
 
-    def __init__(self, site: Path, workers: int) -> None:
-        self.site, self.workers = site, workers
+    def __init__(self, site: Path, workers: int, wrapper: list[str]) -> None:
+        self.site, self.workers, self.wrapper = site, workers, wrapper
         self.prefix = Path(tempfile.mkdtemp(prefix="bench-gunicorn-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -343,7 +410,7 @@ class Gunicorn:
         }
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(BASELINE / "gunicorn.conf.py")],
+                [*self.wrapper, sys.executable, "-m", "gunicorn", "-c", str(BASELINE / "gunicorn.conf.py")],
                 cwd=BASELINE,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -363,12 +430,29 @@ class Gunicorn:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.process is not None:
-            stop_by_pid(self.process)  # SIGTERM is gunicorn's graceful stop (graceful_timeout 5 s)
+            harness.stop(self.process)  # SIGTERM is gunicorn's graceful stop (graceful_timeout 5 s)
         shutil.rmtree(self.prefix, ignore_errors=True)
 
     def pids(self) -> list[int]:
         assert self.process is not None
         return process_tree(self.process.pid)
+
+
+def check_affinity(args: argparse.Namespace, groups: dict[str, dict[str, object]]) -> dict[str, list[str]]:
+    """The cores each stack's processes may run on, read back from /proc, e.g. {"ours/nginx": ["0"]};
+    pinned, every one must be exactly the server cores (a worker forked before the pin would not be)."""
+    affinity = {
+        f"{stack}/{name}": sorted({allowed_cpus(pid) for pid in server.pids()})
+        for stack, parts in groups.items()
+        for name, server in parts.items()
+    }
+    if args.pin:
+        wrong = {
+            part: allowed for part, allowed in affinity.items() if [cpu_list(a) for a in allowed] != [args.server_cpus]
+        }
+        if wrong:
+            raise SystemExit(f"serve bench: server processes not pinned to cores {args.server_cpus}: {wrong}")
+    return affinity
 
 
 def sample(port: int, path: str, headers: dict[str, str]) -> tuple[dict[str, object], bytes]:
@@ -392,11 +476,30 @@ def sample(port: int, path: str, headers: dict[str, str]) -> tuple[dict[str, obj
 
 def wrk(args: argparse.Namespace, url: str, extra: list[str], duration: str | None = None) -> dict[str, float]:
     duration = duration or args.duration
-    command = [WRK, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}", "--latency", *extra, url]
+    command = [
+        *pinned(args, args.wrk_cpus),
+        WRK,
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{duration}",
+        "--latency",
+        *extra,
+        url,
+    ]
+    cpu_before, wall_before = children_cpu_seconds(), time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds_of(duration) + 30)
     if result.returncode != 0:
         raise SystemExit(f"serve bench: wrk failed ({result.returncode}): {result.stderr or result.stdout}")
-    return parse_wrk(result.stdout)
+    parsed = parse_wrk(result.stdout)
+    parsed["wall_seconds"] = round(time.monotonic() - wall_before, 3)
+    parsed["wrk_cpu_seconds"] = round(children_cpu_seconds() - cpu_before, 3)
+    return parsed
+
+
+def children_cpu_seconds() -> float:
+    """utime + stime of this process's reaped children so far (taskset execs wrk: the same process)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def parse_wrk(text: str) -> dict[str, float]:
@@ -458,12 +561,13 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
     }
 
     with contextlib.ExitStack() as servers:
-        ours = servers.enter_context(Nginx(site, args.workers))
+        on_server = pinned(args, args.server_cpus)
+        ours = servers.enter_context(Nginx(site, args.workers, on_server))
         ports = {"ours": ours.port}
         groups: dict[str, dict[str, object]] = {"ours": {"nginx": ours}}
         if "fly" in runs:
             fly = servers.enter_context(
-                Nginx(site, args.workers, lambda port: on_the_fly_block(port, site, args.gzip_level))
+                Nginx(site, args.workers, on_server, lambda port: on_the_fly_block(port, site, args.gzip_level))
             )
             ports["fly"] = fly.port
             groups["fly"] = {"nginx": fly}
@@ -471,9 +575,9 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
             versions.update(
                 {name: importlib.metadata.version(name) for name in ("flask", "gunicorn", "jinja2", "werkzeug")}
             )
-            app = servers.enter_context(Gunicorn(site, args.gunicorn_workers))
+            app = servers.enter_context(Gunicorn(site, args.gunicorn_workers, on_server))
             proxy = servers.enter_context(
-                Nginx(site, args.workers, lambda port: proxy_block(port, app.port, args.gzip_level))
+                Nginx(site, args.workers, on_server, lambda port: proxy_block(port, app.port, args.gzip_level))
             )
             ports["baseline"] = proxy.port
             groups["baseline"] = {"nginx": proxy, "gunicorn": app}
@@ -486,6 +590,7 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
             same_page = check_same_page(bodies[("ours", "plain")], bodies[("baseline", "plain")])
         for stack, parts in groups.items():
             memory[stack] = {"idle": {name: memory_kib(server.pids()) for name, server in parts.items()}}
+        affinity = check_affinity(args, groups)
 
         for stack in runs:  # warm-up, not counted: page cache, gunicorn workers' first render
             wrk(args, f"http://127.0.0.1:{ports[stack]}{args.path}", VARIANTS["gzip"], duration="1s")
@@ -498,6 +603,10 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
                 # whatever else shares the cores (wrk included)
                 result["server_cpu_seconds"] = round(used, 2)
                 result["server_cpu_us_per_request"] = round(used * 1e6 / max(result["requests"], 1), 2)
+                # how busy each side kept its cores (1.0 = one core all the time): a server side
+                # short of its cores while wrk's is full would mean wrk set the pace
+                result["server_busy_cores"] = round(used / result["wall_seconds"], 2)
+                result["wrk_busy_cores"] = round(result["wrk_cpu_seconds"] / result["wall_seconds"], 2)
                 runs[stack][variant].append(result)
         for stack, parts in groups.items():
             memory[stack]["after_load"] = {name: memory_kib(server.pids()) for name, server in parts.items()}
@@ -507,7 +616,13 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
         stack: {
             variant: {
                 key: statistics.median(r[key] for r in rs)
-                for key in ("requests_per_second", "transfer_bytes_per_second", "server_cpu_us_per_request")
+                for key in (
+                    "requests_per_second",
+                    "transfer_bytes_per_second",
+                    "server_cpu_us_per_request",
+                    "server_busy_cores",
+                    "wrk_busy_cores",
+                )
             }
             for variant, rs in variants.items()
         }
@@ -541,7 +656,7 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
         "ours_over_fly_gzip": ratio(("ours", "gzip"), ("fly", "gzip")),
     }
     load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
-    report(args, runs, samples, medians, ratios, memory, same_page, versions, errors, started, load)
+    report(args, runs, samples, medians, ratios, memory, same_page, versions, errors, started, load, affinity)
 
     target = ratios["ours_over_baseline_gzip"]
     record = {
@@ -559,6 +674,12 @@ def run(args: argparse.Namespace, site: Path, started: float) -> int:
             "duration": args.duration,
             "repeat": args.repeat,
             "path": args.path,
+        },
+        "pinning": {
+            "pinned": args.pin,
+            "server_cpus": args.server_cpus,
+            "wrk_cpus": args.wrk_cpus,
+            "server_processes_allowed": affinity,
         },
         "nginx_workers": args.workers,
         "gunicorn_workers": None if args.no_baseline else args.gunicorn_workers,
@@ -612,7 +733,7 @@ def check_same_page(ours: bytes, baseline: bytes) -> dict[str, object]:
     }
 
 
-def report(args, runs, samples, medians, ratios, memory, same_page, versions, errors, started, load) -> None:
+def report(args, runs, samples, medians, ratios, memory, same_page, versions, errors, started, load, affinity) -> None:
     extra = "".join(f", {k} {v}" for k, v in versions.items() if k != "nginx")
     print(
         f"\nnginx {versions['nginx']}{extra}; nginx worker_processes {args.workers}"
@@ -620,6 +741,14 @@ def report(args, runs, samples, medians, ratios, memory, same_page, versions, er
         + f"; wrk -t{args.threads} -c{args.connections} -d{args.duration} on 127.0.0.1{args.path}, "
         f"{args.repeat} runs per cell, median; {os.cpu_count()} cores"
     )
+    if args.pin:
+        each = ", ".join(f"{part} {'/'.join(allowed)}" for part, allowed in affinity.items())
+        print(
+            f"  pinned with taskset: every server process on {cores(args.server_cpus)} (read back from /proc: {each}), "
+            f"wrk on {cores(args.wrk_cpus)}"
+        )
+    else:
+        print(f"  not pinned (--no-pin): servers and wrk share {cores(args.server_cpus)}")
     for stack in runs:
         for variant in VARIANTS:
             s = samples[stack][variant]
@@ -636,7 +765,7 @@ def report(args, runs, samples, medians, ratios, memory, same_page, versions, er
 
     print(
         f"\n  {'stack':32} {'variant':7} {'req/s':>10} {'transfer/s':>12}   {'runs (req/s)':<26} {'p50':>9} {'p99':>9} "
-        f"{'CPU/req':>10}"
+        f"{'CPU/req':>10} {'busy: srv':>9} {'wrk':>5}"
     )
     for stack, variants in runs.items():
         for variant, rs in variants.items():
@@ -647,9 +776,12 @@ def report(args, runs, samples, medians, ratios, memory, same_page, versions, er
             print(
                 f"  {STACKS[stack]:32} {variant:7} {m['requests_per_second']:>10,.0f} "
                 f"{human(m['transfer_bytes_per_second']) + '/s':>12}   {each:<26} {p50:>7.2f}ms {p99:>7.2f}ms "
-                f"{m['server_cpu_us_per_request']:>8,.0f}us"
+                f"{m['server_cpu_us_per_request']:>8,.0f}us {m['server_busy_cores']:>9.2f} {m['wrk_busy_cores']:>5.2f}"
             )
-    print("  (CPU/req: utime+stime of the stack's own processes, nginx and gunicorn, over the run / requests; median)")
+    print(
+        "  (CPU/req: utime+stime of the stack's own processes, nginx and gunicorn, over the run / requests; busy: CPU\n"
+        "  seconds per wall second of the servers and of wrk, in cores: a side below its cores was waiting; medians)"
+    )
 
     print(
         f"\n  {'ratio (medians)':40} {'req/s':>9} {'transfer/s':>11} {'req/s per round':>16} {'CPU/req (inverse)':>18}"

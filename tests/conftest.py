@@ -14,19 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SITE_FILES = ("icon_map.yaml", "site.toml", "codes.yaml", "icons", "templates")
-
-
-def copy_default_site(target: Path) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    for name in SITE_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, target / name)
-        else:
-            shutil.copy2(source, target / name)
-    return target
+from .sites import REPO, copy_default_site  # pytest-free (the benches use it); the tests import both from here
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sysconfig
@@ -38,6 +37,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .processes import stop_process
 
 START_TIMEOUT = 60.0  # seconds for the whole cluster to answer; ~10 s on an idle 2-core machine
 STOP_TIMEOUT = 10.0
@@ -137,25 +138,7 @@ class Cluster:
 
     def stop_gateway(self) -> None:
         """Stop the whole server process (master, volume 1, filer, S3): the endpoint is down."""
-        stop_processes(self.processes[:1])
-
-
-def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM to each process group (each was started in its own session), one bounded wait for
-    all, SIGKILL to the groups still there, then reap. Only processes we started, by PID."""
-    live = [p for p in processes if p.poll() is None]
-    for process in live:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in live) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for process in live:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=timeout)
+        stop_process(self.processes[0], group=True, timeout=STOP_TIMEOUT)
 
 
 def _http_ok(url: str, timeout: float = 1.0) -> str | None:
@@ -272,7 +255,7 @@ def seaweed_cluster(volumes: int = 2, start_timeout: float = START_TIMEOUT) -> I
             time.sleep(0.2)
         yield cluster
     finally:
-        stop_processes(cluster.processes)
+        stop_process(*cluster.processes, group=True, timeout=STOP_TIMEOUT)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -31,7 +31,9 @@ Usage (times on 2 cores):
                                                    # (11 min with load average ~7)
   python bench/encode_settings.py --corpus npm --limit 400 --jobs 2
 
-Writes bench/results/encode_settings.json (per-icon records and the summaries printed).
+Writes bench/results/encode_settings.json (per-icon records and the summaries printed) and, per
+corpus, an SVG of output bytes against the worst SSIM per strategy (bench/charts.py): into
+bench/figures/ with the default --output (the charts the README shows), else next to the JSON.
 """
 
 from __future__ import annotations
@@ -63,11 +65,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # the repo's pipeline, even when it is not installed
 
+import charts  # noqa: E402 - bench/charts.py (this script's folder is on sys.path)
+
 from pipeline import encode as enc  # noqa: E402
 from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon  # noqa: E402
 
 CACHE = HERE / ".cache"
 RESULTS = HERE / "results" / "encode_settings.json"
+FIGURES = HERE / "figures"  # committed: the charts of the last full run, shown in the README
 NPM_PACKAGES = {"google": "emoji-datasource-google@16.0.0", "twitter": "emoji-datasource-twitter@16.0.0"}
 FLOOR = EncodeSettings().ssim_floor
 AVIF_OPTIONS = {"subsampling": "4:4:4", "speed": 8, "max_threads": 1}  # as pipeline.encode.avif_candidates
@@ -588,6 +593,55 @@ def print_sweep(rep: dict) -> None:
             )
 
 
+# ---- charts -------------------------------------------------------------------------------------
+
+# The rows drawn (one colour each): what the peers do, plain encodes, and the pipeline's choice.
+CHART_STRATEGIES = {
+    "cwebp_q80": "cwebp -q80 (peers)",
+    "webp_q80": "WebP q80",
+    "avif_q50": "AVIF q50",
+    "webp_ll_m4": "WebP lossless",
+    "oxipng_l2": "oxipng -o2",
+    "pipe_best": "ours: best",
+    "pipe_webp": "ours: WebP",
+    "pipe_png": "ours: PNG",
+}
+
+
+def write_charts(results: dict, folder: Path) -> list[Path]:
+    """Per corpus, a scatter of output bytes (share of the source) against the worst SSIM of any
+    icon, one dot per strategy, the floor as a dashed line: a strategy below it broke an icon."""
+    written = []
+    for name, corpus in results["corpora"].items():
+        if "/" in name:  # the per-set splits (npm/google, ...) are drawn together in the npm chart
+            continue
+        summary = corpus.get("summary") or {}
+        series = [
+            charts.Series(
+                f"{label} ({summary[key]['below_floor']})",
+                ((100 * summary[key]["ratio"], summary[key]["min_ssim"]),),
+                radius=8 - 0.6 * i,  # dots that coincide show as rings (each has a white edge)
+            )
+            for i, (key, label) in enumerate(CHART_STRATEGIES.items())
+            if key in summary
+        ]
+        if not series:
+            continue
+        right = max(s.points[0][0] for s in series)
+        series.append(charts.Series(f"floor {FLOOR}", ((0.0, FLOOR), (right, FLOOR)), dashed=True, colour="#888888"))
+        path = folder / f"encode_settings_{name}.svg"
+        svg = charts.line_chart(
+            f"Bytes against the worst SSIM: {name} corpus, {corpus['n']} icons",
+            charts.Axis("output bytes, % of the source PNG"),
+            charts.Axis("lowest SSIM of any icon", zero=False),
+            series,
+            note=f"(n): icons below the SSIM floor of {FLOOR}; load {results['load_average_1_5_15']['before'][0]:.1f}",
+        )
+        charts.write(path, svg)
+        written.append(path)
+    return written
+
+
 # ---- printing -----------------------------------------------------------------------------------
 
 
@@ -826,8 +880,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")
+    # charts beside the JSON; those of a run with the default --output go to bench/figures/ (committed)
+    shown = write_charts(results, FIGURES if args.output.resolve() == RESULTS else args.output.resolve().parent)
     print(
         f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output} "
+        f"and {', '.join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in shown)} "
         f"in {results['seconds']['total']:.1f} s (fetch {results['seconds']['fetch']:.1f} s)"
     )
     return 0

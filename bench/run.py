@@ -1,7 +1,8 @@
 """Every benchmark, one after the other, and one summary of the headline figures.
 
-    python bench/run.py                      # all five, full size (about 16 min on 2 idle cores)
-    python bench/run.py --quick              # all five, small and fast (a few minutes idle)
+    python bench/run.py                      # all of them, full size (about 1.5 h on 2 idle cores,
+                                             # an hour of it the scaling curve up to 5,000 icons)
+    python bench/run.py --quick              # all of them, small and fast (about 10 min idle)
     python bench/run.py --only build_times,memory
 
 Runs, each as its own subprocess (so one that fails or hangs does not hide the others; a failure
@@ -13,14 +14,20 @@ process group, by PID):
   serve            nginx requests/s, gzip_static vs plain             -> bench/results/serve.json
   memory           refresh daemon idle/peak RSS, build peak RSS       -> bench/results/memory.json
   icon_sizes       icon bytes per DPR, resizing off/on; page before/after; cold encode -> bench/results/icon_sizes.json
+  publish_bucket   publishing to an S3-compatible bucket (SeaweedFS)                  -> bench/results/publish_bucket.json
+  scale            cold / no-op / changed builds at 11 .. 5,000 icons: time, CPU, peak RSS, bytes per format,
+                   growth fits and the issue 14 targets                               -> bench/results/scale.json
 
 then prints one table of the headline figures with the machine's core count and load average, and
 writes bench/results/summary.json. A results file missing shows as "not run"; one not rewritten by
 this invocation (a failed bench, or left out by --only) is shown with its date, marked "old".
---quick is passed to encode_settings, build_times and icon_sizes, and to serve and memory where their --help
+--quick is passed to encode_settings, build_times and icon_sizes, and to the others where their --help
 offers it (serve otherwise gets --duration 2s --repeat 1); with --quick, every bench that takes an
 output path (--output / --json) writes to bench/results/quick/ instead, so a quick run never
 overwrites the full results. Each bench's output is also kept in bench/results/logs/NAME.log.
+
+Charts (SVG, bench/charts.py): scale and encode_settings draw theirs into bench/figures/ (committed,
+shown in the README) on a full run, and next to their JSON in bench/results/quick/ with --quick.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 QUICK = RESULTS / "quick"  # where --quick puts the results of benches that take an output path
 LOGS = RESULTS / "logs"
-BENCHES = ("encode_settings", "build_times", "serve", "memory", "icon_sizes", "publish_bucket")
+BENCHES = ("encode_settings", "build_times", "serve", "memory", "icon_sizes", "publish_bucket", "scale")
 TIME_LIMIT = {  # seconds per bench: (quick, full)
     "encode_settings": (600, 3600),
     "build_times": (900, 7200),
@@ -53,6 +60,7 @@ TIME_LIMIT = {  # seconds per bench: (quick, full)
     "memory": (600, 1200),
     "icon_sizes": (600, 1800),
     "publish_bucket": (900, 3600),
+    "scale": (1800, 4 * 3600),  # the 5,000-icon cold build alone takes 15-30 min on 2 busy cores
 }
 
 
@@ -409,7 +417,42 @@ def headline_publish_bucket(data: dict[str, Any]) -> list[tuple[str, str]]:
     return rows + [(f"target: {k}", "PASS" if v else "MISS") for k, v in data.get("targets", {}).items()]
 
 
+def headline_scale(data: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    labels = (("cold", "cold"), ("noop", "no-op"), ("icon", "1 icon"), ("code", "1 code"))
+    for size in dig(data, "sizes", default={}).values():
+        scenarios = size.get("scenarios", {})
+        times = ", ".join(
+            f"{label} {scenarios[key]['wall_s']:.2f}s" for key, label in labels if dig(scenarios, key, "wall_s")
+        )
+        rss = dig(scenarios, "cold", "build_rss_mb")
+        rows.append(
+            (
+                f"scale, {size.get('icons')} icons (median of {data.get('runs', '?')})",
+                times + (f"; cold peak RSS {rss:.0f} MB" if isinstance(rss, (int, float)) else ""),
+            )
+        )
+    for key, name in (("noop", "no-op"), ("icon", "one icon changed")):
+        parts = []
+        for metric, label in (("wall_s", "wall"), ("cpu_s", "CPU")):
+            growth = dig(data, "growth", metric, key, default={})
+            if growth.get("b_ms_per_icon") is not None:
+                slope = growth.get("loglog_slope")
+                parts.append(
+                    f"{label} {growth['b_ms_per_icon']:.2f} ms/icon, log-log slope {slope if slope is not None else '-'}"
+                    + (" (faster than linear)" if growth.get("superlinear") else "")
+                )
+        if parts:
+            rows.append((f"growth with the icon count, {name}", "; ".join(parts)))
+    for v in data.get("verdicts", []):
+        state = "not measured" if v.get("pass") is None else ("PASS" if v["pass"] else "MISS")
+        value = f" {v['value']:.2f} {v.get('unit', '')}" if isinstance(v.get("value"), (int, float)) else ""
+        rows.append((f"target: {v.get('label')}", state + value))
+    return rows
+
+
 HEADLINES = {
+    "scale": headline_scale,
     "publish_bucket": headline_publish_bucket,
     "encode_settings": headline_encode,
     "build_times": headline_build,

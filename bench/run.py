@@ -10,6 +10,7 @@ is reported with the end of its output, and a bench past its time limit is stopp
 process group, by PID):
 
   encode_settings  icon bytes vs source and SSIM per strategy        -> bench/results/encode_settings.json
+  search_cost      the per-icon quality search: CPU per icon, encoder v3 (git) vs today, bytes, floor, vs fixed q80 -> bench/results/search_cost.json
   build_times      cold / no-op / changed builds, 1 -> all cores     -> bench/results/build_times.json
   serve            nginx requests/s, gzip_static vs plain             -> bench/results/serve.json
   memory           refresh daemon idle/peak RSS, build peak RSS       -> bench/results/memory.json
@@ -52,9 +53,10 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 QUICK = RESULTS / "quick"  # where --quick puts the results of benches that take an output path
 LOGS = RESULTS / "logs"
-BENCHES = ("encode_settings", "build_times", "serve", "memory", "icon_sizes", "publish_bucket", "scale")
+BENCHES = ("encode_settings", "search_cost", "build_times", "serve", "memory", "icon_sizes", "publish_bucket", "scale")
 TIME_LIMIT = {  # seconds per bench: (quick, full)
     "encode_settings": (600, 3600),
+    "search_cost": (600, 1800),
     "build_times": (900, 7200),
     "serve": (600, 1200),
     "memory": (600, 1200),
@@ -451,8 +453,22 @@ def headline_scale(data: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def headline_search_cost(data: dict[str, Any]) -> list[tuple[str, str]]:
+    s = data.get("summary", {})
+    rows = []
+    if s:
+        old, new = s["cpu_ms_median"]["old"], s["cpu_ms_median"]["new"]
+        rows.append(
+            ("encode search CPU/icon (median, v3 -> today)", f"{old:.0f} -> {new:.0f} ms, {s['cpu_ratio_median']:.2f}x")
+        )
+    for v in s.get("verdicts", []):
+        rows.append((f"target: {v['label']}", ("PASS" if v["pass"] else "MISS") + f" {v['value']:.2f} {v['unit']}"))
+    return rows
+
+
 HEADLINES = {
     "scale": headline_scale,
+    "search_cost": headline_search_cost,
     "publish_bucket": headline_publish_bucket,
     "encode_settings": headline_encode,
     "build_times": headline_build,

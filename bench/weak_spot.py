@@ -85,7 +85,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # the repo's pipeline, even when it is not installed
 
-from pipeline import encode as enc  # noqa: E402
+sys.path.insert(0, str(HERE))
+from search_cost import load_baseline  # noqa: E402
+
+# This study measured encoder version 3 (its before/after figures); version 4 changed the search's
+# internals it patches, so it loads version 3 from git beside today's.
+enc = load_baseline("f5f9e7e")
 from pipeline.model import EncodeSettings  # noqa: E402
 
 CACHE = HERE / ".cache"

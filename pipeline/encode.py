@@ -9,6 +9,12 @@ subsamples chroma 4:2:0; SSIM fell to 0.75 at q80 on emoji) while lossless WebP 
 already-optimised PNGs. So each format tries lossless and a lossy quality search, and keeps the
 smallest output whose SSIM against the source, composited over black and over white, stays at or
 above `ssim_floor`. AVIF is kept only where it is smaller than the WebP.
+
+The search is built to be cheap (bench/search_cost.py: ~3.4x less CPU per icon than encoder version 3,
+WebP bytes +0.3%, the rest the same): the reference side of the SSIM is computed once per image, a bisection stops
+as soon as it cannot beat the smaller file already made (for AVIF: the WebP), and files that
+measurably cannot win (full-colour lossless beside a palette that keeps the floor, lossless
+WebP m6 on a palette) are not made.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import oxipng
@@ -30,7 +37,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Bump when the bytes this module produces for the same input and settings change.
-ENCODER_VERSION = "3"
+ENCODER_VERSION = "4"
 LIBRARY_VERSIONS = f"Pillow {PIL.__version__}, libwebp {features.version('webp')}, libavif {features.version('avif')}"
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "AVIF")
@@ -41,6 +48,10 @@ WEBP_QUALITIES = (30, 98)  # the lossy search range
 # the SSIM floor, and 4:4:4 AVIF first passes at q96 (bench/weak_spot.py: 25 of 373 Oxygen icons).
 AVIF_QUALITIES = (30, 100)
 NEAR_LOSSLESS_BITS = (3, 2, 1)  # tried in this order where no lossy WebP keeps the floor
+AVIF_OPTIONS: dict[str, object] = {"subsampling": "4:4:4", "speed": 8, "max_threads": 1}  # see _avif
+PALETTE_ONLY_PIXELS = 32 * 32  # see _palette_only
+# Lossless WebP m6 against m4 on images of at most 256 colours: 0-24.8% smaller (53 images at 40-120 px).
+M6_GAIN = 0.3
 _SRGB = ImageCms.createProfile("sRGB")
 
 
@@ -52,7 +63,15 @@ def encode_icon(source: SourceIcon) -> EncodedIcon:
     image = decode(source.data, where)
     settings = source.spec.settings
     sizes = plan_sizes(image.width, image.height, settings.display, settings.densities)
-    encoded = [_encode_size(resize(image, (size.width, size.height)), source.data, settings) for size in sizes]
+    images = [resize(image, (size.width, size.height)) for size in sizes]
+    scorers = [Scorer.of(small) for small in images]
+    encoded = [
+        _encode_size(small, source.data if small is image else b"", settings, score)  # the source: at its size only
+        for small, score in zip(images, scorers, strict=True)
+    ]
+    if settings.avif and features.check("avif") and not settings.lossless_only:
+        for found, avif in zip(encoded, _avif(images, scorers, settings.ssim_floor, _to_beat(encoded)), strict=True):
+            found["avif"] = avif
     formats = _served_formats(encoded)
     renditions = tuple(
         Rendition(size.density, size.width, size.height, tuple(_present(found[f]) for f in formats))
@@ -96,20 +115,13 @@ def _scaled(width: int, height: int, longer_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _encode_size(image: Image.Image, source: bytes, settings: EncodeSettings) -> dict[str, Variant | None]:
-    palette = None if settings.lossless_only else _palette(image, settings.ssim_floor)
+def _encode_size(
+    image: Image.Image, source: bytes, settings: EncodeSettings, score: Scorer
+) -> dict[str, Variant | None]:
+    """PNG and WebP at one density; AVIF comes once every density has its WebP (see _avif)."""
+    palette = None if settings.lossless_only else _palette(image, settings.ssim_floor, score)
     png = encode_png(image, source, settings.png_level, palette)
-    webp = choose(image, settings, webp_candidates)
-    if webp is not None and palette is not None:
-        data = _save(palette[0], "WEBP", lossless=True, quality=100, method=6)
-        if len(data) < len(webp.data):
-            webp = Variant("webp", data, "palette", palette[1])
-    if webp is not None and not webp.detail.startswith("q") and not settings.lossless_only:
-        webp = _near_lossless_webp(image, settings.ssim_floor, webp)
-    avif = None
-    if settings.avif and features.check("avif") and not settings.lossless_only:
-        avif = choose(image, settings, avif_candidates)
-    return {"avif": avif, "webp": webp, "png": png}
+    return {"avif": None, "webp": _webp(image, settings, score, palette), "png": png}
 
 
 def _present(variant: Variant | None) -> Variant:
@@ -117,15 +129,22 @@ def _present(variant: Variant | None) -> Variant:
     return variant
 
 
-def _served_formats(encoded: list[dict[str, Variant | None]]) -> list[str]:
-    def total(fmt: str) -> float:
-        sizes = [found[fmt] for found in encoded]
-        return sum(len(v.data) for v in sizes if v is not None) if all(sizes) else float("inf")
+def _total(encoded: list[dict[str, Variant | None]], fmt: str) -> float:
+    """Bytes of one format over every density; infinite where a density has none."""
+    sizes = [found[fmt] for found in encoded]
+    return sum(len(v.data) for v in sizes if v is not None) if all(sizes) else float("inf")
 
-    formats = [f for f in ("avif", "webp") if total(f) < total("png")]
-    if "avif" in formats and "webp" in formats and total("avif") >= total("webp"):
+
+def _served_formats(encoded: list[dict[str, Variant | None]]) -> list[str]:
+    formats = [f for f in ("avif", "webp") if _total(encoded, f) < _total(encoded, "png")]
+    if "avif" in formats and "webp" in formats and _total(encoded, "avif") >= _total(encoded, "webp"):
         formats.remove("avif")
     return [*formats, "png"]
+
+
+def _to_beat(encoded: list[dict[str, Variant | None]]) -> float:
+    """What AVIF must cost less than, over every density, to be served (see _served_formats)."""
+    return min(_total(encoded, "webp"), _total(encoded, "png"))
 
 
 # ---- resize -------------------------------------------------------------------------------------
@@ -226,119 +245,214 @@ def _to_srgb_rgba(image: Image.Image) -> Image.Image:
 def ssim(reference: Image.Image, candidate: Image.Image) -> float:
     """Worst SSIM of the two RGBA images composited over black and over white, so alpha errors
     count. Mean SSIM over R, G, B with a 7x7 uniform window (the scikit-image default)."""
+    return Scorer.of(reference).image(candidate)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """ssim() against one reference, with the reference's part computed once: its composites over
+    black and over white and their window means and variances. A search scores up to ~15
+    candidates against the same image; the two backgrounds and the three window sums a candidate
+    needs go through numpy as one stacked array (on 40-64 px icons numpy's per-call overhead, not
+    the arithmetic, is most of the cost: 3.2 -> 1.8 ms per 64 px candidate, measured in one run)."""
+
+    composites: np.ndarray  # (2, H, W, 3): over black, over white; 0..255
+    mean: np.ndarray  # window means of the composites, (2, H-w+1, W-w+1, 3)
+    var: np.ndarray  # their sample variances
+    window: int
+
+    @classmethod
+    def of(cls, reference: Image.Image) -> Scorer:
+        import numpy as np
+
+        a = _composites(reference)
+        window = min(7, _odd_window(*a.shape[1:3]))
+        mean, mean_sq = _box(np.stack([a, a * a]), window)
+        return cls(a, mean, _sample(window) * (mean_sq - mean**2), window)
+
+    def image(self, candidate: Image.Image) -> float:
+        import numpy as np
+
+        a, b, w = self.composites, _composites(candidate), self.window
+        c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+        mu_b, mean_bb, mean_ab = _box(np.stack([b, b * b, a * b]), w)
+        cov = _sample(w)
+        var_b = cov * (mean_bb - mu_b**2)
+        cov_ab = cov * (mean_ab - self.mean * mu_b)
+        s = ((2 * self.mean * mu_b + c1) * (2 * cov_ab + c2)) / (
+            (self.mean**2 + mu_b**2 + c1) * (self.var + var_b + c2)
+        )
+        return float(s.mean(axis=(1, 2, 3)).min())
+
+    def data(self, data: bytes) -> float:
+        """The score of an encoded file, decoded."""
+        return self.image(Image.open(io.BytesIO(data)))
+
+
+def _composites(image: Image.Image) -> np.ndarray:
     import numpy as np  # here, not at the top: a run that encodes nothing need not pay ~45 ms for it
 
-    ref = np.asarray(reference, dtype=np.float64) / 255.0
-    out = np.asarray(candidate.convert("RGBA"), dtype=np.float64) / 255.0
-    scores = []
-    for background in (0.0, 1.0):
-        a = ref[..., :3] * ref[..., 3:] + background * (1 - ref[..., 3:])
-        b = out[..., :3] * out[..., 3:] + background * (1 - out[..., 3:])
-        scores.append(_ssim(a * 255, b * 255))
-    return min(scores)
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float64) / 255.0
+    colour, alpha = rgba[..., :3], rgba[..., 3:]
+    return np.stack([colour * alpha, colour * alpha + (1 - alpha)]) * 255
 
 
-def _ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
-    if min(a.shape[:2]) < window:
-        window = min(a.shape[:2]) | 1 if min(a.shape[:2]) > 1 else 1
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_a, mu_b = _box(a, window), _box(b, window)
+def _odd_window(height: int, width: int) -> int:
+    """The largest odd window that fits (encoder version 3 took side | 1: on a side of 2, 4 or 6 px
+    that is 1 px too large, and the SSIM came out NaN, so nothing lossy could ever pass)."""
+    side = min(height, width)
+    return side if side % 2 else side - 1
+
+
+def _sample(window: int) -> float:
+    """The sample-covariance correction n / (n - 1) over a window of n pixels."""
     n = window * window
-    cov = n / max(n - 1, 1)
-    var_a = cov * (_box(a * a, window) - mu_a**2)
-    var_b = cov * (_box(b * b, window) - mu_b**2)
-    cov_ab = cov * (_box(a * b, window) - mu_a * mu_b)
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov_ab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(s.mean())
+    return n / max(n - 1, 1)
 
 
 def _box(x: np.ndarray, w: int) -> np.ndarray:
-    """Mean over every w x w window ('valid' positions), via an integral image."""
+    """Mean over every w x w window ('valid' positions) of axes -3 and -2, via an integral image
+    built in `x` itself (x is consumed): on a large icon every array here is ~150 bytes a pixel."""
     import numpy as np
 
-    s = np.pad(x, ((1, 0), (1, 0), (0, 0))).cumsum(0).cumsum(1)
-    mean: np.ndarray = (s[w:, w:] - s[:-w, w:] - s[w:, :-w] + s[:-w, :-w]) / (w * w)
+    np.cumsum(x, axis=-3, out=x)
+    np.cumsum(x, axis=-2, out=x)
+    mean: np.ndarray = x[..., w - 1 :, w - 1 :, :].copy()
+    mean[..., 1:, :, :] -= x[..., :-w, w - 1 :, :]
+    mean[..., :, 1:, :] -= x[..., w - 1 :, :-w, :]
+    mean[..., 1:, 1:, :] += x[..., :-w, :-w, :]
+    mean /= w * w
     return mean
 
 
 # ---- encoders -----------------------------------------------------------------------------------
 
-Candidates = tuple[Callable[[], Variant] | None, Callable[[int], Variant], tuple[int, int]]
 
-
-def choose(image: Image.Image, settings: EncodeSettings, make: Callable[[Image.Image], Candidates]) -> Variant | None:
-    """The smallest of lossless and the lossy qualities tried that keep the SSIM floor, or None.
-
-    SSIM rises with quality, so a bisection finds the lowest passing quality in ~6 encodes."""
-    lossless, lossy, (low, high) = make(image)
-    best = lossless() if lossless else None
-    if settings.lossless_only and best:
-        return best
+def search(
+    encode: Callable[[int], bytes], score: Scorer, qualities: tuple[int, int], floor: float, budget: float
+) -> tuple[int, bytes, float] | None:
+    """The smallest file of a bisection for the lowest quality in `qualities` that keeps the floor
+    (quality, bytes, SSIM), or None where none does or where it would cost `budget` bytes or more
+    (the size of what it competes with). SSIM and bytes rise with quality (nearly: a few bytes or
+    a few thousandths either way), so ~6 encodes find it, and fewer where it cannot win:
+    - a failing quality already at the budget ends the search: every quality that could pass is
+      larger still;
+    - after the first passing file over the budget, the lowest quality left is tried next; if it
+      too is over the budget, nothing in between can be under it.
+    On 40 emoji at 40 and 64 px this took the WebP and AVIF searches from 644 encodes to 536.
+    Starting from the quality the previous density needed saved nothing (530-542 encodes, however
+    the walk from it was tuned): the larger density needs 0-10 less, too spread to narrow it."""
+    low, high = qualities
+    best: tuple[int, bytes, float] | None = None
+    bottom = None  # the lowest quality left, once tried
     while low <= high:
-        quality = (low + high) // 2
-        candidate = lossy(quality)
-        if candidate.ssim >= settings.ssim_floor:
-            if best is None or len(candidate.data) < len(best.data):
-                best = candidate
-            high = quality - 1
-        else:
-            low = quality + 1
+        quality = (low + high) // 2 if bottom is None or bottom != low else low
+        data = encode(quality)
+        if (over := len(data) >= budget) and quality == bottom:
+            return None
+        passed = (similarity := score.data(data)) >= floor
+        if passed and (best is None or len(data) < len(best[1])):
+            best = (quality, data, similarity)
+        if over and not passed:
+            return None
+        low, high = (low, quality - 1) if passed else (quality + 1, high)
+        if passed and over and bottom is None:
+            bottom = low
+    return best if best is not None and len(best[1]) < budget else None
+
+
+def _webp(
+    image: Image.Image,
+    settings: EncodeSettings,
+    score: Scorer,
+    palette: tuple[Image.Image, float] | None,
+) -> Variant:
+    """The smallest WebP that keeps the floor: the palette (see _palette_only) or lossless; the
+    lowest lossy quality that passes where it is smaller; near-lossless where neither the palette
+    nor a lossy one won.
+
+    Lossy at method 4: m6 cost 50x the time (130 vs 2.5 ms per 64 px icon) for 2.5% fewer bytes.
+    Lossless at method 4, and at 6 only for images of at most 256 colours where it can still win:
+    there it saved up to 25% (M6_GAIN) for 12-30 ms. On the palette images it cost 80x the time of
+    m4 (47 vs 0.6 ms per 64 px emoji) for 0.3% of bytes: not made."""
+    palette_only = _palette_only(image, palette)
+    lossless = None if palette_only else _save(image, "WEBP", lossless=True, quality=100, method=4)
+    made = [] if lossless is None else [Variant("webp", lossless, "lossless", 1.0)]
+    if palette is not None:
+        made.append(
+            Variant("webp", _save(palette[0], "WEBP", lossless=True, quality=100, method=4), "palette", palette[1])
+        )
+    best = min(made, key=lambda v: len(v.data))
+    if not settings.lossless_only:
+        lossy = partial(_webp_lossy_file, image)
+        if (found := search(lossy, score, WEBP_QUALITIES, settings.ssim_floor, len(best.data))) is not None:
+            best = Variant("webp", found[1], f"q{found[0]}", found[2])
+    if lossless is not None and len(lossless) * (1 - M6_GAIN) < len(best.data) and image.getcolors(256) is not None:
+        data = _save(image, "WEBP", lossless=True, quality=100, method=6)
+        best = Variant("webp", data, "lossless", 1.0) if len(data) < len(best.data) else best
+    if not (best.detail.startswith("q") or palette_only or settings.lossless_only):
+        best = _near_lossless_webp(image, settings.ssim_floor, best, score)
     return best
 
 
-def webp_candidates(image: Image.Image) -> Candidates:
-    # Method 4, not 6, except for lossless few-colour icons. Measured on the default icons:
-    # lossy m6 costs 50x the time of m4 (130 ms vs 2.5 ms per 64 px icon) for 2.5% fewer bytes;
-    # lossless m6 costs up to 300 ms and is no smaller on photo-like icons, but on icons of at most
-    # 256 colours it is ~17% smaller (696 vs 842 bytes), where it also costs only ~40 ms.
-    def lossless() -> Variant:
-        data = _save(image, "WEBP", lossless=True, quality=100, method=4)
-        if image.getcolors(256) is not None:
-            data = min(data, _save(image, "WEBP", lossless=True, quality=100, method=6), key=len)
-        return Variant("webp", data, "lossless", 1.0)
-
-    def lossy(quality: int) -> Variant:
-        data = _save(image, "WEBP", quality=quality, alpha_quality=100, method=4)
-        return Variant("webp", data, f"q{quality}", ssim(image, Image.open(io.BytesIO(data))))
-
-    return lossless, lossy, WEBP_QUALITIES
+def _webp_lossy_file(image: Image.Image, quality: int) -> bytes:
+    return _save(image, "WEBP", quality=quality, alpha_quality=100, method=4)
 
 
-def avif_candidates(image: Image.Image) -> Candidates:
-    # 4:4:4 keeps chroma at full resolution: 4:2:0 smears the thin coloured edges of icons.
-    # speed 8: 10 ms per 64 px icon against 24 ms at 6 and 110 ms at 4, for <1% more bytes.
-    # No lossless candidate: AVIF at quality 100 is larger than the source PNG.
-    options = {"subsampling": "4:4:4", "speed": 8, "max_threads": 1}
-
-    def lossy(quality: int) -> Variant:
-        data = _save(image, "AVIF", quality=quality, **options)
-        return Variant("avif", data, f"q{quality}", ssim(image, Image.open(io.BytesIO(data))))
-
-    return None, lossy, AVIF_QUALITIES
+def _palette_only(image: Image.Image, palette: tuple[Image.Image, float] | None) -> bool:
+    """Where the 256-colour palette keeps the floor, the full-colour lossless files are not made:
+    on 208 such images (100 emoji and the 11 default icons at 40 and 64 px, 25 Oxygen icons at
+    40-120 px) the full-colour PNG was 1.63x the palette PNG or more, lossless WebP 1.49x the
+    palette WebP or more, and near-lossless WebP never smaller. Not on tiny images, where the
+    palette itself (up to 1 KiB in a PNG) weighs as much as the pixels."""
+    return palette is not None and image.width * image.height >= PALETTE_ONLY_PIXELS
 
 
-def _palette(image: Image.Image, floor: float) -> tuple[Image.Image, float] | None:
+def _avif(images: list[Image.Image], scorers: list[Scorer], floor: float, to_beat: float) -> list[Variant | None]:
+    """AVIF at every density, or None at each where it cannot be served: it has to keep the floor
+    at every density and cost fewer than `to_beat` bytes in total (_served_formats). What is left
+    of that is each search's budget, so where AVIF cannot win its search ends early (see search)
+    and the remaining densities are not tried: on the 100-emoji corpus AVIF won on 9 of 111 icons.
+
+    4:4:4 keeps chroma at full resolution: 4:2:0 smears the thin coloured edges of icons.
+    speed 8: 10 ms per 64 px icon against 24 ms at 6 and 110 ms at 4, for <1% more bytes.
+    No lossless candidate: AVIF at quality 100 is larger than the source PNG."""
+    found: list[Variant | None] = []
+    for image, score in zip(images, scorers, strict=True):
+        left = to_beat - sum(len(v.data) for v in found if v is not None)
+        result = search(partial(_avif_file, image), score, AVIF_QUALITIES, floor, left)
+        if result is None:
+            return [None] * len(images)
+        found.append(Variant("avif", result[1], f"q{result[0]}", result[2]))
+    return found
+
+
+def _avif_file(image: Image.Image, quality: int) -> bytes:
+    return _save(image, "AVIF", quality=quality, **AVIF_OPTIONS)
+
+
+def _palette(image: Image.Image, floor: float, score: Scorer) -> tuple[Image.Image, float] | None:
     """The image reduced to 256 colours (alpha kept, no dither) and its SSIM, where that keeps the
     floor. Resizing turns a palette source into thousands of colours; the palette brings the
     lossless formats back: the default icons' 1x PNGs went from 19,259 to 9,066 B."""
     if image.getcolors(256) is not None:
         return None  # already few colours: the lossless encoders find the palette themselves
     reduced = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).convert("RGBA")
-    score = ssim(image, reduced)
-    return (reduced, score) if score >= floor else None
+    similarity = score.image(reduced)
+    return (reduced, similarity) if similarity >= floor else None
 
 
-def _near_lossless_webp(image: Image.Image, floor: float, best: Variant) -> Variant:
-    """Where no lossy WebP keeps the floor. Lossy WebP is always 4:2:0, and on a fine coloured grain
+def _near_lossless_webp(image: Image.Image, floor: float, best: Variant, score: Scorer) -> Variant:
+    """Where no lossy WebP wins. Lossy WebP is always 4:2:0, and on a fine coloured grain
     4:2:0 alone (no codec) scores ~0.963, so no quality can pass. Lossless WebP of the
     pixels after libwebp's near-lossless preprocessing (which Pillow does not expose) keeps full
     chroma: the first of NEAR_LOSSLESS_BITS that keeps the floor, where it is smaller. The Oxygen
     folders at 256 px: 71.8% of their PNG bytes -> 43.9% (bench/weak_spot.py)."""
     for bits in NEAR_LOSSLESS_BITS:
         data = _save(_near_lossless(image, bits), "WEBP", lossless=True, quality=100, method=4)
-        score = ssim(image, Image.open(io.BytesIO(data)))
-        if score >= floor:
-            return Variant("webp", data, f"near-lossless{bits}", score) if len(data) < len(best.data) else best
+        similarity = score.data(data)
+        if similarity >= floor:
+            return Variant("webp", data, f"near-lossless{bits}", similarity) if len(data) < len(best.data) else best
     return best
 
 
@@ -368,8 +482,14 @@ def encode_png(
 ) -> Variant:
     """The PNG fallback, the smallest of: oxipng on our pixels; the source itself when it is a PNG
     with the very same pixels (it may already be palette-optimised); and the 256-colour `palette`
-    version of our pixels, where one kept the SSIM floor."""
-    candidates = [Variant("png", _oxipng(_save(image, "PNG", compress_level=9), level), "oxipng", 1.0)]
+    version of our pixels, where one kept the SSIM floor (alone where _palette_only)."""
+    if palette is not None:
+        reduced = Variant("png", _oxipng(_save(palette[0], "PNG", compress_level=0), level), "palette", palette[1])
+        if _palette_only(image, palette):
+            return reduced
+    # Stored (level 0) into oxipng, which compresses anew: over 326 images at 40-120 px the same
+    # bytes as level 9 but 8 (of 1.02 MB), for 30% less time.
+    candidates = [Variant("png", _oxipng(_save(image, "PNG", compress_level=0), level), "oxipng", 1.0)]
     if source.startswith(b"\x89PNG"):
         try:
             theirs = _oxipng(source, level)
@@ -378,7 +498,7 @@ def encode_png(
         except (oxipng.PngError, OSError, ValueError):
             pass
     if palette is not None:
-        candidates.append(Variant("png", _oxipng(_save(palette[0], "PNG"), level), "palette", palette[1]))
+        candidates.append(reduced)
     return min(candidates, key=lambda v: len(v.data))
 
 

@@ -7,13 +7,29 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, features
 
-from pipeline.encode import Size, decode, encode_icon, plan_sizes, resize, ssim
+from pipeline.encode import (
+    WEBP_QUALITIES,
+    Scorer,
+    Size,
+    _avif,
+    _palette,
+    _palette_only,
+    decode,
+    encode_icon,
+    encode_png,
+    plan_sizes,
+    resize,
+    search,
+    ssim,
+)
 from pipeline.errors import ImageError
 from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon
 
@@ -303,3 +319,143 @@ def test_a_fine_coloured_grain_gets_a_near_lossless_webp_where_no_lossy_one_keep
     assert webp.format == "webp" and webp.detail.startswith("near-lossless"), encoded.variants
     assert len(webp.data) < 0.6 * len(data)
     assert ssim(decode(data, "grain"), Image.open(io.BytesIO(webp.data))) >= 0.98
+
+
+# ---- the search: fewer encodes, the same files ----------------------------------------------------
+
+
+def smooth_icon(size: int = 64) -> Image.Image:
+    """A photo-like icon (smooth colour ramps inside a soft-edged disc): where lossy formats win."""
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    disc = np.clip((0.48 - np.hypot(x - 0.5, y - 0.5)) * size / 2, 0, 1)
+    pixels = np.dstack([200 * x + 40 * y, 60 + 150 * y, 220 - 180 * x * y, 255 * disc])
+    return Image.fromarray(np.rint(pixels).astype(np.uint8), "RGBA")
+
+
+def webp_lossy(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "WEBP", quality=quality, alpha_quality=100, method=4)
+    return buffer.getvalue()
+
+
+def counted(encode: Callable[[int], bytes], tried: list[int]) -> Callable[[int], bytes]:
+    def wrapper(quality: int) -> bytes:
+        tried.append(quality)
+        return encode(quality)
+
+    return wrapper
+
+
+SEARCHED = [
+    (name, resize(decode((REPO / "icons" / f"{name}.png").read_bytes(), name), (40, 40)))
+    for name in ("boopon", "w-engine-energy-module", "polychrome", "official-investigator-log")
+]  # at 40 px a lossy WebP keeps the floor on the first two icons (q85, q46), on the others none does
+
+
+@pytest.mark.parametrize(("label", "image"), SEARCHED, ids=[label for label, _ in SEARCHED])
+def test_the_search_finds_the_lowest_passing_quality_of_a_full_scan(label: str, image: Image.Image) -> None:
+    """Where passing is monotone in quality (as on these; not on every icon: see smooth_icon), the
+    bisection reaches the lowest passing quality of a scan of all 69, and keeps the smallest
+    passing file it made (a quality above can be a few bytes smaller)."""
+    score = Scorer.of(image)
+    files = {q: webp_lossy(image, q) for q in range(WEBP_QUALITIES[0], WEBP_QUALITIES[1] + 1)}
+    scan = {q: score.data(data) for q, data in files.items()}
+    assert _monotone(scan), label
+    lowest = min((q for q, s in scan.items() if s >= 0.98), default=None)
+    tried: list[int] = []
+    found = search(counted(partial(webp_lossy, image), tried), score, WEBP_QUALITIES, 0.98, float("inf"))
+    assert len(tried) <= 7  # a bisection of 69 qualities
+    if lowest is None:
+        assert found is None
+        return
+    assert found is not None and lowest in tried, (label, tried)
+    quality, data, similarity = found
+    assert similarity == scan[quality] >= 0.98 and data == files[quality]
+    assert len(data) == min(len(files[q]) for q in tried if scan[q] >= 0.98) <= len(files[lowest])
+
+
+def _monotone(scan: dict[int, float]) -> bool:
+    passing = [s >= 0.98 for _, s in sorted(scan.items())]
+    return passing == sorted(passing)
+
+
+@pytest.mark.parametrize(("label", "image"), SEARCHED[:2], ids=[label for label, _ in SEARCHED[:2]])
+def test_a_budget_ends_the_search_early_and_never_loses_a_result_under_it(label: str, image: Image.Image) -> None:
+    score = Scorer.of(image)
+    free = search(partial(webp_lossy, image), score, WEBP_QUALITIES, 0.98, float("inf"))
+    assert free is not None, label
+    tried: list[int] = []
+    assert search(counted(partial(webp_lossy, image), tried), score, WEBP_QUALITIES, 0.98, 1) is None
+    assert len(tried) <= 2  # the middle quality, then (if it passed) the lowest: both over 1 byte
+    # Bytes rise with quality only to within a few bytes (boopon: q85 is 614 B, q82 615 B or more),
+    # so a budget that leaves the answer a margin of 2% finds it, or one as small (w-engine: the
+    # early probe of the lowest quality left finds q45, as many bytes as q46).
+    for budget in (len(free[1]) * 1.02, 2 * len(free[1])):
+        found = search(partial(webp_lossy, image), score, WEBP_QUALITIES, 0.98, budget)
+        assert found is not None and found[2] >= 0.98 and len(found[1]) <= len(free[1]), (budget, found)
+    assert search(partial(webp_lossy, image), score, WEBP_QUALITIES, 0.98, len(free[1])) is None
+
+
+def test_avif_is_made_at_every_density_or_none_by_the_budget_it_has_to_beat() -> None:
+    """The budget is the WebP's (or PNG's) total: AVIF comes back exactly when it costs less in
+    total (the rule _served_formats applies), and then the same files as with no budget."""
+    if not features.check("avif"):
+        pytest.skip("Pillow without AVIF")
+    images = [resize(smooth_icon(), (40, 40)), smooth_icon()]
+    scorers = [Scorer.of(image) for image in images]
+    free = _avif(images, scorers, 0.98, float("inf"))
+    assert all(free), free
+    total = sum(len(v.data) for v in free if v is not None)
+    assert _avif(images, scorers, 0.98, total + 1) == free
+    assert _avif(images, scorers, 0.98, total) == [None, None]
+    assert _avif(images, scorers, 0.98, 100) == [None, None]
+
+
+def test_a_photo_like_icon_gets_a_lossy_webp_that_keeps_the_floor_at_every_density() -> None:
+    """The end to end of the searches above, where the lossy search wins (q87, q74, q84: quality
+    is not monotone in the density either) and no palette keeps the floor."""
+    data = png_bytes(smooth_icon(128))
+    encoded = encode_icon(source(data, EncodeSettings(display=40)))
+    reference = decode(data, "smooth")
+    for rendition in encoded.renditions:
+        assert [(v.format, v.detail[0]) for v in rendition.variants][-2:] == [("webp", "q"), ("png", "o")]
+        resized = resize(reference, (rendition.width, rendition.height))
+        for variant in rendition.variants:
+            assert ssim(resized, Image.open(io.BytesIO(variant.data))) >= 0.98, (rendition.density, variant.detail)
+
+
+def test_where_the_palette_keeps_the_floor_the_full_colour_png_could_not_have_won() -> None:
+    """The measurement behind _palette_only, held on the default icons at 40 px: where the
+    256-colour palette keeps the floor, the full-colour PNG (oxipng on every pixel) is larger, so
+    it need not be made."""
+    ratios = {}
+    for path in ICONS:
+        image = resize(decode(path.read_bytes(), path.name), (40, 40))
+        palette = _palette(image, 0.98, Scorer.of(image))
+        if palette is None:
+            continue
+        assert _palette_only(image, palette)
+        chosen = encode_png(image, b"", 2, palette)
+        assert chosen.detail == "palette"
+        ratios[path.stem] = len(encode_png(image, b"", 2).data) / len(chosen.data)
+    assert len(ratios) >= 7 and min(ratios.values()) > 1.5, ratios  # 7 of 11 icons, 2.1x or more
+
+
+def test_a_tiny_icon_still_compares_the_palette_with_the_full_colour_files() -> None:
+    rng = np.random.default_rng(5)
+    tiny = Image.fromarray(rng.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA")  # 400 px, ~400 colours
+    assert tiny.getcolors(256) is None
+    reduced = tiny.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).convert("RGBA")
+    assert not _palette_only(tiny, (reduced, 0.99))
+    chosen = encode_png(tiny, b"", 2, (reduced, 0.99))
+    assert chosen.detail in ("palette", "oxipng")
+    assert len(chosen.data) <= len(encode_png(tiny, b"", 2).data)
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 6, 7])
+def test_ssim_is_defined_on_icons_thinner_than_its_window(side: int) -> None:
+    """A 40 x 6 banner: the window shrinks to the largest odd size that fits (it was NaN on even sides)."""
+    image = Image.new("RGBA", (40, side), (10, 20, 30, 255))
+    darker = Image.new("RGBA", (40, side), (0, 10, 20, 255))
+    assert ssim(image, image) == pytest.approx(1.0)
+    assert 0.0 < ssim(image, darker) < 1.0

@@ -26,6 +26,7 @@ from pipeline.fetch import fetch_feed, fetch_sources, make_client
 from pipeline.model import EncodeSettings, FetchSettings, IconSpec, Origin, SourceIcon, Stored
 from pipeline.store import IconStore
 from tests.origin import ScriptedOrigin, make_png, self_signed, serve
+from tests.origin_connections import ONCE, CountingOrigin, serve_counting
 from tests.tools import require
 
 TIMEOUT = 0.5
@@ -315,8 +316,7 @@ def tls_origin(tmp_path: Path) -> Iterator[tuple[ScriptedOrigin, httpx.Client]]:
     """The origin over TLS, and a client that trusts its certificate (make_client trusts only real CAs)."""
     require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
     server_context, client_context = self_signed(tmp_path)
-    transport = httpx.HTTPTransport(verify=client_context, retries=1)
-    with serve(tls=server_context) as server, httpx.Client(trust_env=False, transport=transport) as http:
+    with serve(tls=server_context) as server, make_client(SETTINGS, verify=client_context) as http:
         yield server, http
 
 
@@ -475,7 +475,7 @@ class RebindingDNS:
 def loopback_client() -> Iterator[httpx.Client]:
     """A real client whose sockets are bound to 127.0.0.1: a connection to a public address fails on the
     spot (EINVAL), so no packet of these tests leaves the machine, whatever the stage connects to."""
-    with httpx.Client(trust_env=False, transport=httpx.HTTPTransport(retries=1, local_address="127.0.0.1")) as http:
+    with make_client(SETTINGS, local_address="127.0.0.1") as http:
         yield http
 
 
@@ -528,8 +528,7 @@ def test_allow_private_connects_by_the_injected_resolver_with_the_name_kept(tmp_
         require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
         server_tls, client_tls = self_signed(tmp_path, REBIND)
         server_tls.sni_callback = lambda connection, name, context: sni.append(name)
-    transport = httpx.HTTPTransport(retries=1, verify=client_tls or True)
-    with serve(tls=server_tls) as origin, httpx.Client(trust_env=False, transport=transport) as http:
+    with serve(tls=server_tls) as origin, make_client(SETTINGS, verify=client_tls) as http:
         icon = spec(origin.url("/redirect-ok", host=REBIND))
         asked: list[str] = []
 
@@ -544,32 +543,159 @@ def test_allow_private_connects_by_the_injected_resolver_with_the_name_kept(tmp_
             ("/ok.png", f"{REBIND}:{origin.port}"),
         ]
         assert asked == [REBIND, REBIND]  # once per hop
-        assert sni == ([REBIND, REBIND] if scheme == "https" else [])
+        assert sni == ([REBIND] if scheme == "https" else [])  # both hops on one kept-alive connection
 
 
-def test_a_connection_that_does_not_reach_the_checked_address_is_refused(origin, store) -> None:
+def test_a_connection_that_does_not_reach_the_checked_address_is_refused(origin, client, store) -> None:
     """The peer of every new connection must be the address checked for it, before a byte is sent: a
-    client that goes through a proxy (here the origin's port stands in for one) is refused."""
-    icon = spec(f"http://{REBIND}:9/ok.png")
+    connection to 0.0.0.0 (allowed with allow_private on) reaches this host's 127.0.0.1, so it is refused."""
+    icon = spec(f"http://{REBIND}:{origin.port}/ok.png")
     seed(store, icon)
-    with httpx.Client(trust_env=False, proxy=origin.url("")) as proxied:
-        [source] = fetch_sources(
-            [icon], copies(store, [icon]), proxied, SETTINGS, resolve=lambda host, port: ["127.0.0.2"]
-        )
-    assert source.reason == f"{icon.url} connected to 127.0.0.1, not to the address checked, 127.0.0.2"
+    [source] = fetch_sources([icon], copies(store, [icon]), client, SETTINGS, resolve=lambda host, port: ["0.0.0.0"])
+    assert source.reason == f"{icon.url} connected to 127.0.0.1, not to the address checked, 0.0.0.0"
     assert origin.requests() == []
 
 
-def test_a_pooled_connection_the_stage_did_not_open_is_not_used(origin, store) -> None:
-    """A keep-alive connection left in the client's pool by someone else was never checked (nor seen by
-    the watchdog): the stage's request refuses to go out on it."""
+def test_a_client_the_stage_cannot_open_its_own_connections_with_is_refused(origin, store) -> None:
+    """The stage opens its connections with a make_client client's trust store; a plain httpx.Client (its
+    proxies, its pool, its trust store) is never silently used instead."""
     icon = spec(origin.url("/ok.png"))
-    seed(store, icon)
-    with httpx.Client(trust_env=False) as shared:
-        assert shared.get(origin.url("/rotating-etag.png")).status_code == 200  # left open in the pool
-        [source] = fetch_sources([icon], copies(store, [icon]), shared, SETTINGS)
-    assert source.reason == f"{icon.url} was to go out on a pooled connection whose address was not checked"
-    assert origin.count("/ok.png") == 0
+    with httpx.Client(trust_env=False) as plain, pytest.raises(TypeError) as raised:
+        fetch_sources([icon], copies(store, [icon]), plain, SETTINGS)
+    assert str(raised.value) == (
+        "the fetch stage opens its own connections with the trust store of a client from fetch.make_client, "
+        "not of a Client"
+    )
+    assert origin.requests() == []
+
+
+# ---- kept-alive connections: the stage's own pools, one per (scheme, name, port, checked address) --------
+
+
+@pytest.fixture
+def counting() -> Iterator[CountingOrigin]:
+    with serve_counting() as server:
+        yield server
+
+
+def test_revalidation_reuses_connections_bounded_by_concurrency(counting, client, store) -> None:
+    """The hourly no-op run: every icon a 304, over at most `concurrency` kept-alive connections."""
+    icons = [spec(counting.url(f"/ok.png?n={n}"), f"Icon {n}") for n in range(12)]
+    for icon in icons:
+        seed(store, icon, counting.png, etag=counting.etag)
+    sources = fetch_sources(icons, copies(store, icons), client, replace(SETTINGS, concurrency=3))
+    assert {(s.origin, s.data) for s in sources} == {(Origin.NOT_MODIFIED, counting.png)}
+    assert [c.seen.headers["if-none-match"] for c in counting.carried()] == [counting.etag] * len(icons)
+    assert 1 <= len(counting.connections()) <= 3
+
+
+def test_connections_are_the_stages_own_and_closed_when_it_ends(counting, store) -> None:
+    """A connection kept alive in the client's own pool (IndexNow's, or anyone's) is never used by the
+    stage, nor is one of an earlier stage: each stage opens its own and closes them all as it ends."""
+    icons = [spec(counting.url(f"/ok.png?n={n}"), f"Icon {n}") for n in range(3)]
+    with make_client(SETTINGS) as http:
+        assert http.get(counting.url("/rotating-etag.png")).status_code == 200
+        [held] = counting.connections()
+        stages = []
+        for _ in range(2):
+            sources = fetch_sources(icons, copies(store, icons), http, replace(SETTINGS, concurrency=1))
+            assert {s.origin for s in sources} == {Origin.DOWNLOADED}
+            stages.append(set(counting.connections()) - {held, *(c for stage in stages for c in stage)})
+            assert wait_for(lambda: stages[-1] <= counting.closed()), (stages, counting.closed())
+        assert [len(stage) for stage in stages] == [1, 1]  # three icons over one connection, each stage
+        assert [c.seen.path for c in counting.carried() if c.connection == held] == ["/rotating-etag.png"]
+        assert held not in counting.closed()
+
+
+def test_deadline_cuts_a_reused_connection_and_idle_ones(counting, client, store) -> None:
+    """A drip on a connection the stage reuses (opened for an earlier icon) is cut at the deadline, and
+    the connections idle in the pool at that moment are closed with the stage."""
+    fast = [spec(counting.url(f"/ok.png?n={n}"), f"Fast {n}") for n in range(3)]
+    slow = spec(counting.url("/drip-headers"), "Slow")
+    icons = [*fast, slow]
+    for icon in icons:
+        seed(store, icon)
+    start = time.monotonic()
+    sources = fetch_sources(icons, copies(store, icons), client, replace(SHORT, concurrency=2))
+    assert time.monotonic() - start <= SHORT.deadline + TIMEOUT + SLACK
+    assert [s.origin for s in sources] == [Origin.DOWNLOADED] * 3 + [Origin.STALE]
+    assert sources[-1].reason == f"{slow.url} had not answered at the 1s fetch deadline"
+    [dripping] = [c.connection for c in counting.carried() if c.seen.path == "/drip-headers"]
+    assert len(counting.connections()[dripping]) > 1, "the drip did not come on a reused connection"
+    assert wait_for(lambda: set(counting.connections()) <= counting.closed())
+
+
+def test_a_request_the_server_hangs_up_on_in_a_kept_alive_connection_is_asked_again(counting, client, store) -> None:
+    """A server may close an idle kept-alive connection just as the next request goes out on it (its
+    keep-alive timeout): that GET is asked again, once, on a fresh connection; the icon is not stale."""
+    icons = [spec(counting.url(f"{ONCE}?n={n}"), f"Icon {n}") for n in range(3)]
+    sources = fetch_sources(icons, copies(store, icons), client, replace(SETTINGS, concurrency=1))
+    assert [(s.origin, s.reason) for s in sources] == [(Origin.DOWNLOADED, "")] * 3
+    assert [len(requests) for requests in counting.connections().values()] == [2, 2, 1]  # hung up on, asked again
+
+
+def test_two_names_on_one_address_never_share_a_connection(tmp_path, store) -> None:
+    """Two host names at the same 127.0.0.1: each connection carries one name's requests only, under that
+    name's SNI (a connection shared across names would send B's requests under A's SNI and certificate)."""
+    require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
+    server_tls, client_tls = two_name_certificate(tmp_path, "a.test", "b.test")
+    with serve_counting(tls=server_tls) as origin, make_client(SETTINGS, verify=client_tls) as http:
+        # one at a time, a.test's icons then b.test's: a pool shared by the names would reuse a.test's connection
+        icons = [spec(origin.url(f"/ok.png?n={n}", host=f"{'ab'[n // 4]}.test"), f"Icon {n}") for n in range(8)]
+        sources = fetch_sources(
+            icons, copies(store, icons), http, replace(SETTINGS, concurrency=1), resolve=lambda h, p: ["127.0.0.1"]
+        )
+        assert {s.origin for s in sources} == {Origin.DOWNLOADED}, [s.reason for s in sources]
+        names = {port: [seen.headers["host"] for seen in requests] for port, requests in origin.connections().items()}
+        assert sorted(names.values()) == [[f"a.test:{origin.port}"] * 4, [f"b.test:{origin.port}"] * 4], names
+        assert all(hosts[0] == f"{origin.sni()[port]}:{origin.port}" for port, hosts in names.items()), origin.sni()
+
+
+def test_idle_pools_of_many_hosts_are_closed_past_concurrency(counting, client, store) -> None:
+    """Icons from many hosts (here names for one address, a pool each) do not pile up idle sockets: at
+    most `concurrency` pools with no request in flight stay open, so at most 2 x 2 connections here."""
+    icons = [spec(counting.url("/ok.png", host=f"host{n}.test"), f"Icon {n}") for n in range(12)]
+    settled: list[bool] = []
+
+    def at_most_four_open(*progress: object) -> None:
+        settled.append(wait_for(lambda: len(set(counting.connections()) - counting.closed()) <= 4))
+
+    sources = fetch_sources(
+        icons,
+        copies(store, icons),
+        client,
+        replace(SETTINGS, concurrency=2),
+        resolve=lambda host, port: ["127.0.0.1"],
+        progress=at_most_four_open,
+    )
+    assert {s.origin for s in sources} == {Origin.DOWNLOADED}
+    assert len(counting.connections()) == len(icons) and settled == [True] * (len(icons) + 1)
+
+
+def two_name_certificate(directory: Path, *names: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A self-signed certificate for all `names` (openssl CLI): (server context, client context trusting it)."""
+    cert, key = directory / "names.crt", directory / "names.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-days", "1", "-subj", f"/CN={names[0]}", "-addext", "subjectAltName=" + ",".join(f"DNS:{n}" for n in names)]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 1.5) -> bool:
+    """Poll `condition` until it holds or `timeout` passes (a server thread notes a close a moment after it)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 # Tests that need a public address to answer (they take the `public_network` fixture) run in a
@@ -641,11 +767,10 @@ def public_and_loopback(tmp_path: Path, scheme: str) -> Iterator[tuple[ScriptedO
     if scheme == "https":
         require(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
         server_tls, client_tls = self_signed(tmp_path, REBIND)
-    transport = httpx.HTTPTransport(retries=1, verify=client_tls or True)
     with (
         serve(make_png(seed=1), server_tls) as internal,
         serve(tls=server_tls, host=PUBLIC, port=internal.port) as public,
-        httpx.Client(trust_env=False, transport=transport) as http,
+        make_client(SETTINGS, verify=client_tls) as http,
     ):
         yield public, internal, http
 
@@ -685,15 +810,26 @@ def test_dns_rebinding_on_a_redirect_hop_is_refused(public_network, tmp_path, mo
         assert dns.queries == 2
 
 
-@pytest.mark.parametrize("target", ["data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "mailto:a@b.org"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "data:image/png;base64,iVBORw0KGgo=",
+        "javascript:alert(1)",
+        "mailto:a@b.org",
+        "http://[::1",
+        "http://256.1.1.1/x.png",
+    ],
+)
 def test_a_redirect_to_a_url_httpx_cannot_parse_is_a_stale_source_not_a_crash(origin, client, store, target) -> None:
-    """Found by the soak: httpx parses a redirect's Location while sending and raised InvalidURL
-    (not an HTTPError) for these, which escaped the stage and failed the whole run."""
+    """Found by the soak: httpx raised InvalidURL (not an HTTPError) for a Location like these, which
+    escaped the stage and failed the whole run; urljoin raises ValueError for some (an unclosed IPv6 bracket)
+    and httpx InvalidURL for others (an IPv4 address out of range)."""
     icon = spec(origin.url("/redirect-to") + "?to=" + target)
     seed(store, icon)
     [source] = fetch_sources([icon], copies(store, [icon]), client, SETTINGS)
     assert source.origin is Origin.STALE and source.data == OLD_PNG
-    assert "redirects to" in source.reason and "refused" in source.reason, source.reason
+    assert source.reason.startswith(f"{icon.url} redirects to "), source.reason
+    assert source.reason.endswith(("; refused", "; only http and https are followed")), source.reason
 
 
 def test_progress_reports_each_source_as_it_finishes(origin, client, store) -> None:

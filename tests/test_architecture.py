@@ -9,7 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 STAGES = {"fetch", "encode", "fingerprint", "render", "minify", "publish", "bucket"}  # bucket: the S3 Target
 SHARED = {"model", "errors", "files"}  # the vocabulary, the error tree, the one way to write a file
-OWN_HELPERS = {"publish": {"gate", "retention"}, "bucket": {"retention"}}  # the pre-switch gate and the retention rule
+# the pre-switch gate, the retention rule, fetch's connections to checked addresses only
+OWN_HELPERS = {"publish": {"gate", "retention"}, "bucket": {"retention"}, "fetch": {"connections"}}
 
 
 def pipeline_imports(module: str) -> set[str]:

@@ -1,6 +1,6 @@
 """Stage 1 against an origin that offers HTTP/2: real nginx (`listen ... ssl http2`) with a certificate made
 by openssl, the production client trusting it. The stage keeps to HTTP/1.1 (httpcore's sync HTTP/2 is not
-safe across threads: see pipeline/fetch.py) and keeps its connections alive, as nginx's own log tells
+safe across threads: see pipeline/connections.py) and keeps its connections alive, as nginx's own log tells
 ($connection, $server_protocol), 304 revalidation included; and a run imports neither trio nor h2."""
 
 from __future__ import annotations

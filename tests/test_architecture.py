@@ -65,3 +65,8 @@ def test_config_package_imports_only_model_and_errors_and_never_prints() -> None
             assert not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print"), f"{path.name} prints"
         found -= {"config"}  # its own modules, imported absolutely
         assert found <= {"model", "errors"}, f"config/{path.name} imports {found - {'model', 'errors'}}"
+
+
+def test_the_preview_server_imports_nothing_of_ours() -> None:
+    # The HTTP side of `pipeline serve` knows only what serve.py's loop tells it (State.update).
+    assert pipeline_imports("preview_server") == set()

@@ -2,13 +2,19 @@
 
 Key = SHA-256 over (source bytes, encode settings, ENCODER_VERSION, library versions), as Hugo
 keys its resources. An entry is a directory written to a temp name and renamed, so a killed run
-leaves either a whole entry or none; every file's SHA-256 is kept in the entry and checked on
-read, so a torn or edited entry is encoded again, never published. Each use touches the entry,
-and `prune` removes what no run has used within the retention window: the cache stays bounded.
+leaves either a whole entry or none. Each use touches the entry, and `prune` removes what no run
+has used within the retention window: the cache stays bounded.
+
+A hit is a set of CachedFile references, not bytes: a build holds ~6 per icon and the publisher
+reads a file only to copy it into a new release (checking its SHA-256). The entry records each
+file's SHA-256, SRI, size and mtime; a file whose size or mtime differs from the record (torn,
+edited, copied) is read and hashed, and a file whose bytes differ makes the entry a miss: it is
+encoded again, never published. So an hourly run reads one small meta.json per icon, not its files.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,14 +22,22 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .files import fsync_dir, write_atomic, write_new
-from .model import EncodedIcon, Rendition, SourceIcon, Variant
+from .model import CachedFile, CachedVariant, EncodedIcon, EncodeSettings, Rendition, SourceIcon, Variant, sri
 
 
 def cache_key(source: SourceIcon, encoder_version: str) -> str:
-    recipe = json.dumps({"settings": asdict(source.spec.settings), "encoder": encoder_version}, sort_keys=True)
-    return hashlib.sha256(hashlib.sha256(source.data).digest() + recipe.encode()).hexdigest()
+    return hashlib.sha256(
+        hashlib.sha256(source.data).digest() + _recipe(source.spec.settings, encoder_version)
+    ).hexdigest()
+
+
+@functools.cache
+def _recipe(settings: EncodeSettings, encoder_version: str) -> bytes:
+    """The settings part of a key: the same for most icons, so made once per run."""
+    return json.dumps({"settings": asdict(settings), "encoder": encoder_version}, sort_keys=True).encode()
 
 
 class EncodeCache:
@@ -31,19 +45,23 @@ class EncodeCache:
         self.directory = directory
 
     def get(self, key: str, source: SourceIcon) -> EncodedIcon | None:
-        entry = self.directory / key[:2] / key
+        return self._load(key, source.spec.name, source.spec.slug, len(source.data), reused=True)
+
+    def _load(self, key: str, name: str, slug: str, source_bytes: int, reused: bool) -> EncodedIcon | None:
+        entry = f"{self.directory}/{key[:2]}/{key}"  # str paths: ~7 per icon, thousands of icons a run
         try:
-            meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+            with open(f"{entry}/meta.json", encoding="utf-8") as file:
+                meta = json.load(file)
             renditions = tuple(
                 Rendition(r["density"], r["width"], r["height"], tuple(_variant(entry, v) for v in r["variants"]))
                 for r in meta["renditions"]
             )
+            if any([v.pop("checked", False) for r in meta["renditions"] for v in r["variants"]]):
+                write_atomic(Path(entry, "meta.json"), json.dumps(meta, indent=1).encode())  # quick next time
             os.utime(entry)  # used: kept by prune for another retention window
         except (OSError, ValueError, KeyError, TypeError):
             return None  # missing or damaged: encode again
-        return EncodedIcon(
-            source.spec.name, source.spec.slug, meta["width"], meta["height"], len(source.data), renditions, reused=True
-        )
+        return EncodedIcon(name, slug, meta["width"], meta["height"], source_bytes, renditions, reused=reused)
 
     def made_once(self, kind: str, source: bytes, make: Callable[[bytes], bytes]) -> bytes:
         """make(source), remembered by the hash of `kind` (which names the maker and its version)
@@ -76,10 +94,18 @@ class EncodeCache:
                 continue
         return removed
 
-    def put(self, key: str, icon: EncodedIcon) -> None:
+    def put(self, key: str, icon: EncodedIcon) -> EncodedIcon:
+        """Keep `icon` under `key`; returns it as cached (its files, not its bytes), so a build
+        holds no icon's bytes longer than it takes to write them. A damaged entry is replaced."""
         entry = self.directory / key[:2] / key
-        if entry.exists():
-            return
+        cached = self._load(key, icon.name, icon.slug, icon.source_bytes, reused=False) if entry.exists() else None
+        if cached is None:
+            shutil.rmtree(entry, ignore_errors=True)
+            self._write(entry, key, icon)
+            cached = self._load(key, icon.name, icon.slug, icon.source_bytes, reused=False)
+        return cached or icon
+
+    def _write(self, entry: Path, key: str, icon: EncodedIcon) -> None:
         temp = entry.with_name(f".{key}.{os.getpid()}.tmp")
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
@@ -87,6 +113,8 @@ class EncodeCache:
         for index, rendition in enumerate(icon.renditions):
             variants = []
             for variant in rendition.variants:
+                if not isinstance(variant, Variant):
+                    raise TypeError(f"{icon.name}: only freshly encoded icons are cached")
                 name = f"{index}.{variant.format}"
                 write_new(temp / name, variant.data)
                 variants.append(
@@ -95,7 +123,7 @@ class EncodeCache:
                         "file": name,
                         "detail": variant.detail,
                         "ssim": variant.ssim,
-                        "sha256": hashlib.sha256(variant.data).hexdigest(),
+                        **_record(variant.data, (temp / name).stat().st_mtime_ns),
                     }
                 )
             renditions.append(
@@ -116,8 +144,23 @@ class EncodeCache:
         fsync_dir(entry.parent)
 
 
-def _variant(entry: Path, meta: dict[str, object]) -> Variant:
-    data = (entry / str(meta["file"])).read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        raise ValueError(f"{entry / str(meta['file'])}: its bytes are not the ones cached")
-    return Variant(str(meta["format"]), data, str(meta["detail"]), float(str(meta["ssim"])))
+def _record(data: bytes, mtime_ns: int) -> dict[str, object]:
+    """What meta.json records of a file: enough to publish it without reading it, and to notice
+    (size, mtime: the quick check of make and rsync) that it changed since."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "integrity": sri(data), "size": len(data), "mtime_ns": mtime_ns}
+
+
+def _variant(entry: str, meta: dict[str, Any]) -> CachedVariant:
+    """The variant a meta.json entry names, as a CachedFile. A file whose size or mtime is not the
+    recorded one is read and must still have the recorded SHA-256 (else ValueError: a miss);
+    `meta` is then updated in place with what the file is now, and marked "checked"."""
+    path = f"{entry}/{meta['file']}"
+    stat = os.stat(path)
+    if (meta.get("size"), meta.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns) or "integrity" not in meta:
+        with open(path, "rb") as stream:
+            data = stream.read()
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise ValueError(f"{path}: its bytes are not the ones cached")
+        meta.update(_record(data, stat.st_mtime_ns), checked=True)
+    file = CachedFile(path, int(meta["size"]), str(meta["sha256"]), str(meta["integrity"]))
+    return CachedVariant(str(meta["format"]), file, str(meta["detail"]), float(meta["ssim"]))

@@ -418,7 +418,7 @@ def _format_bytes(report: RunReport) -> list[str]:
         served = [(e, [v for r in e.renditions for v in r.variants if v.format == fmt]) for e in report.encoded]
         served = [(e, files) for e, files in served if files]
         if served:
-            source, first = sum(e.source_bytes for e, _ in served), sum(len(files[0].data) for _, files in served)
+            source, first = sum(e.source_bytes for e, _ in served), sum(files[0].size for _, files in served)
             count = sum(len(files) for _, files in served)
             out.append(f"{fmt} {len(served)} icons ({count} files), 1x {_delta(source, first)}")
     return out or ["no icons"]

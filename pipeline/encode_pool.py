@@ -45,9 +45,10 @@ def encode_all(
     checkpoint: Checkpoint,
     progress: Progress = lambda stage, done, total, item: None,
 ) -> tuple[list[SourceIcon], list[EncodedIcon]]:
-    """Encode what the cache lacks, each result cached as it arrives. A fresh download that
-    fails to decode falls back to its last good copy (marked STALE); an icon with no decodable
-    copy at all is an ImageError listing every such icon."""
+    """Encode what the cache lacks, each result cached as it arrives; every icon returned holds
+    its cached files, not their bytes (the memory of a build does not grow with its encoded
+    bytes). A fresh download that fails to decode falls back to its last good copy (marked
+    STALE); an icon with no decodable copy at all is an ImageError listing every such icon."""
     sources = list(sources)
     encoded: dict[int, EncodedIcon] = {}
     for i, source in enumerate(sources):
@@ -66,9 +67,9 @@ def encode_all(
             if isinstance(outcome, ImageError):
                 failed[i] = outcome
                 continue
-            cache.put(cache_key(sources[i], CACHE_VERSION), outcome)  # kept at once: a stopped run loses nothing
             log.info("%s", describe(outcome))
-            encoded[i] = outcome
+            # kept at once (a stopped run loses nothing), and held as its cached files, not bytes
+            encoded[i] = cache.put(cache_key(sources[i], CACHE_VERSION), outcome)
     except Interrupted:
         kept = sum(1 for i in missing if i in encoded)
         raise Interrupted(
@@ -84,10 +85,8 @@ def encode_all(
             problems.append(str(outcome))
             continue
         sources[i] = fallback
-        if cached is None:
-            cache.put(cache_key(fallback, CACHE_VERSION), outcome)
         log.info("%s: the new source failed to decode; its last good copy was encoded instead", fallback.spec.name)
-        encoded[i] = outcome
+        encoded[i] = outcome if cached else cache.put(cache_key(fallback, CACHE_VERSION), outcome)
     if problems:
         raise ImageError(
             f"{len(problems)} icon(s) cannot be used; replace the source or its file in icons/", tuple(problems)
@@ -98,7 +97,7 @@ def encode_all(
 def describe(icon: EncodedIcon) -> str:
     """One line of the choices made: "Denny: 1x 40px avif q91 2,377 B, webp lossless 2,668 B, ..."."""
     sizes = "; ".join(
-        f"{r.density:g}x {r.width}px " + ", ".join(f"{v.format} {v.detail} {len(v.data):,} B" for v in r.variants)
+        f"{r.density:g}x {r.width}px " + ", ".join(f"{v.format} {v.detail} {v.size:,} B" for v in r.variants)
         for r in icon.renditions
     )
     return f"{icon.name}: {sizes} (source {icon.source_bytes:,} B)"
@@ -135,8 +134,9 @@ def _encode_each(
                     outcome = error
                 except BrokenProcessPool:
                     break
-                pending.discard(futures[future])
-                yield futures[future], outcome
+                index = futures.pop(future)  # the future holds the result: let both go once used
+                pending.discard(index)
+                yield index, outcome
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     for i in sorted(pending):

@@ -5,7 +5,9 @@ Also the one HTML URL extractor, shared by the gate and the tests.
 
 from __future__ import annotations
 
+import os
 import posixpath
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -13,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 from .errors import PublishError
 
 URL_ATTRIBUTES = {"src", "href", "srcset", "poster", "data"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _References(HTMLParser):
@@ -56,7 +59,7 @@ def local_references(html: str, page: str = "index.html") -> list[str]:
         if parts.scheme or parts.netloc or not parts.path:
             continue  # external, mailto:, data:, or a fragment of this page
         path = unquote(parts.path)
-        if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        if _CONTROL.search(path):
             raise MalformedUrl(f"{url[:80]!r} holds a control character")
         joined = path if path.startswith("/") else posixpath.join("/" + posixpath.dirname(page), path)
         if _climbs_out(joined):
@@ -81,26 +84,46 @@ def _climbs_out(path: str) -> bool:
 def check_release(root: Path, required: tuple[str, ...] = ("index.html",)) -> None:
     """Refuse a release with a dangling or malformed local URL, a non-regular file or a required
     file missing."""
+    files, others = _entries(root)
     problems = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        if path.is_symlink() or not (path.is_file() or path.is_dir()):
-            problems.append(f"{relative}: not a regular file or directory")
-        elif path.suffix == ".html":
-            problems += _page_problems(root, relative, path.read_text(encoding="utf-8", errors="replace"))
-    problems += [f"{path} is missing" for path in required if not (root / path).is_file()]
+    for relative in sorted(files | others.keys()):
+        if relative in others:
+            problems.append(f"{relative}: {others[relative]}")
+        elif relative.endswith(".html"):
+            html = (root / relative).read_text(encoding="utf-8", errors="replace")
+            problems += _page_problems(files, relative, html)
+    problems += [f"{path} is missing" for path in required if path not in files]
     if problems:
         raise PublishError("the new release failed its check; the live site is unchanged", tuple(problems))
 
 
-def _page_problems(root: Path, relative: str, html: str) -> list[str]:
+def _entries(root: Path) -> tuple[set[str], dict[str, str]]:
+    """The release-relative paths of the regular files under `root`, and of anything else that is
+    not a directory (a symlink, a FIFO...) with what is wrong with it. From the directory entries'
+    types: no stat per file, which matters for a release of ~30,000 files."""
+    files: set[str] = set()
+    others: dict[str, str] = {}
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(root / folder) as entries:
+            for entry in entries:
+                relative = f"{folder}/{entry.name}" if folder else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(relative)
+                elif entry.is_file(follow_symlinks=False):
+                    files.add(relative)
+                else:
+                    others[relative] = "not a regular file or directory"
+    return files, others
+
+
+def _page_problems(files: set[str], relative: str, html: str) -> list[str]:
+    """A reference resolves when it names one of the release's regular files: `local_references`
+    has normalised it and refused any that climbs out, and no directory on the way can be a
+    symlink (each one is a problem of its own)."""
     try:
         references = local_references(html, relative)
     except MalformedUrl as error:
         return [f"{relative} names {error}; fix the template"]
-    problems = []
-    for ref in references:
-        target = (root / ref).resolve()
-        if root.resolve() not in target.parents or not target.is_file():
-            problems.append(f"{relative} names /{ref}, which is not in the release")
-    return problems
+    return [f"{relative} names /{ref}, which is not in the release" for ref in references if ref not in files]

@@ -6,15 +6,9 @@ and the ICON_MAP constant survive byte for byte (tests/test_minify.py holds that
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import htmlmin
 import rcssmin
 
 from .model import Minified, Page
-
-VERSION = f"1; htmlmin2 {htmlmin.__version__}"  # bump when minify_html's options change
-Memo = Callable[[bytes, Callable[[bytes], bytes]], bytes]
 
 
 def minify_css(css: str) -> str:
@@ -22,6 +16,8 @@ def minify_css(css: str) -> str:
 
 
 def minify_html(html: str) -> str:
+    import htmlmin  # ~10 ms to import: only where pages are made (build.py remembers them)
+
     return str(
         htmlmin.minify(
             html,
@@ -34,18 +30,12 @@ def minify_html(html: str) -> str:
     )
 
 
-def _minify_html_bytes(html: bytes) -> bytes:
-    return minify_html(html.decode("utf-8")).encode("utf-8")
-
-
-def minify_pages(pages: tuple[Page, ...], memo: Memo = lambda data, make: make(data)) -> Minified:
-    """`memo(data, make)` may return a remembered make(data): on a 500-icon page, htmlmin costs
-    ~0.1 s a run, and an hourly run mostly renders the same page again."""
+def minify_pages(pages: tuple[Page, ...]) -> Minified:
     out = []
     before = after = 0
     for page in pages:
         if page.path.endswith(".html"):
-            small = memo(page.data, _minify_html_bytes)
+            small = minify_html(page.data.decode("utf-8")).encode("utf-8")
             before, after = before + len(page.data), after + len(small)
             out.append(Page(page.path, small))
         else:

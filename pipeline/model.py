@@ -3,8 +3,10 @@ function (`sniff`) that name the formats."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,11 @@ def sniff(data: bytes) -> str | None:
     if data[4:12] in (b"ftypavif", b"ftypavis"):
         return "avif"
     return None
+
+
+def sri(data: bytes) -> str:
+    """The Subresource Integrity value of `data`: "sha384-<base64>"."""
+    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
 
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, the item just finished)
@@ -218,6 +225,55 @@ class Variant:
     def mime(self) -> str:
         return MIME[self.format]
 
+    @property
+    def payload(self) -> Payload:
+        return self.data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """Bytes kept on disk instead of in memory: a file of the encode cache, known by its size and
+    hashes. A build holds these (a 5,000-icon site has ~30,000 encoded files) and reads a file only
+    to copy it into a release that lacks it, checking its SHA-256 then."""
+
+    path: str  # a str, not a Path: a build makes ~30,000 of them, and a Path costs ~3 us to make
+    size: int
+    sha256: str  # hex
+    integrity: str  # "sha384-...": the SRI of the bytes
+
+
+Payload = bytes | CachedFile  # the content of a file to publish: in memory, or a cached file
+
+
+def payload_size(payload: Payload) -> int:
+    return payload.size if isinstance(payload, CachedFile) else len(payload)
+
+
+@dataclass(frozen=True)
+class CachedVariant:
+    """A Variant once it is in the encode cache: its file, not its bytes."""
+
+    format: str
+    file: CachedFile
+    detail: str
+    ssim: float
+
+    @property
+    def mime(self) -> str:
+        return MIME[self.format]
+
+    @property
+    def payload(self) -> Payload:
+        return self.file
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
 
 @dataclass(frozen=True)
 class Rendition:
@@ -226,7 +282,9 @@ class Rendition:
     density: float  # the srcset descriptor: 2.0 for "2x"; 1.6 for a 64 px source capped below 2x of 40
     width: int
     height: int
-    variants: tuple[Variant, ...]  # best first, the PNG fallback last; the same formats at every density
+    # best first, the PNG fallback last; the same formats at every density. Fresh from the encoder
+    # they hold their bytes; from the encode cache, their files.
+    variants: tuple[Variant | CachedVariant, ...]
 
 
 @dataclass(frozen=True)
@@ -240,7 +298,7 @@ class EncodedIcon:
     reused: bool = False  # True when it came from the encode cache
 
     @property
-    def variants(self) -> tuple[Variant, ...]:
+    def variants(self) -> tuple[Variant | CachedVariant, ...]:
         """Every file of every density."""
         return tuple(v for r in self.renditions for v in r.variants)
 
@@ -253,7 +311,7 @@ class Asset:
     """Final bytes of one asset, before it has a hashed name."""
 
     logical: str  # "icons/polychrome.webp", "style.css"
-    data: bytes
+    data: Payload
     mime: str
     width: int | None = None
     height: int | None = None
@@ -277,7 +335,7 @@ class ManifestEntry:
 @dataclass(frozen=True)
 class Manifest:
     entries: dict[str, ManifestEntry]
-    files: dict[str, bytes]  # release-relative path -> bytes
+    files: dict[str, Payload]  # release-relative path -> content
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,16 @@ import json
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape as xml_escape
 
-import jinja2
 from markupsafe import Markup, escape
 
 from .errors import TemplateError
 from .model import IconRef, Page, SiteView
+
+if TYPE_CHECKING:  # Jinja2 (~30 ms to import) is imported where pages are made: a run that reuses them never pays
+    import jinja2
 
 # The pages' Content-Security-Policy, as the <meta http-equiv> every page carries for hosts that
 # send no header. deploy/nginx.conf sends the same policy plus `frame-ancestors 'none'` (which a
@@ -59,6 +62,8 @@ def environment(
 ) -> jinja2.Environment:
     """The Jinja2 environment the pages render in (also what a server rendering per request,
     like the bench's Flask baseline, would hold)."""
+    import jinja2
+
     if bytecode_dir is not None:
         bytecode_dir.mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(
@@ -109,6 +114,8 @@ def environment(
 def render_page(env: jinja2.Environment, templates_dir: Path, name: str, **context: object) -> str:
     """One page (`context` overrides globals, as a per-request server would pass today's codes);
     a template error becomes a TemplateError naming templates/FILE:LINE."""
+    import jinja2
+
     loading = env.globals["icon_loading"]
     assert isinstance(loading, _LoadingOrder)
     loading.restart()
@@ -136,6 +143,8 @@ def _template_line(error: BaseException, templates_dir: Path, name: str) -> str:
 
 
 def _message(error: BaseException) -> str:
+    import jinja2
+
     text = error.args[0] if isinstance(error, UnknownName) else str(error)
     if isinstance(error, jinja2.UndefinedError):
         return f"{text}; pass it in or fix the name"

@@ -35,18 +35,19 @@ class IconStore:
 
     def save(self, source: SourceIcon) -> None:
         """Record a validated source: bytes first, then the meta. Nothing is written when both are
-        already on disk as they are (the hourly 304 case)."""
+        already on disk as they are (the hourly 304 case: the meta holds the bytes' SHA-256, and
+        `source.data` came from that file, so the file is not read again)."""
         ext = sniff(source.data) or "png"
-        meta_bytes = _meta_bytes(source.spec.url, source.etag, source.last_modified, source.data, ext=ext)
+        meta = _meta(source.spec.url, source.etag, source.last_modified, source.data, ext=ext)
         meta_path = self.directory / f"{source.spec.slug}.meta.json"
-        if meta_path.is_file() and meta_path.read_bytes() == meta_bytes and self.load(source.spec):
+        if _read_meta(meta_path) == meta and (self.directory / f"{source.spec.slug}.{ext}").is_file():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         for old in self.directory.glob(f"{source.spec.slug}.*"):
             if old.suffix.lstrip(".") in IMAGE_EXTENSIONS and old.suffix != f".{ext}":
                 old.unlink()
         write_atomic(self.directory / f"{source.spec.slug}.{ext}", source.data)
-        write_atomic(meta_path, meta_bytes)
+        write_atomic(meta_path, _meta_bytes(meta))
 
 
 class FeedStore:
@@ -69,7 +70,7 @@ class FeedStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = document.text.encode("utf-8")
         write_atomic(self.path, data)
-        write_atomic(self.meta_path, _meta_bytes(document.label, document.etag, document.last_modified, data))
+        write_atomic(self.meta_path, _meta_bytes(_meta(document.label, document.etag, document.last_modified, data)))
 
 
 def _read_meta(path: Path) -> dict[str, str]:
@@ -86,12 +87,10 @@ def _stored(data: bytes, meta: dict[str, str]) -> Stored:
     return Stored(data, meta.get("url", ""), meta.get("etag", ""), meta.get("last_modified", ""))
 
 
-def _meta_bytes(url: str, etag: str, last_modified: str, data: bytes, **extra: str) -> bytes:
-    meta = {
-        "url": url,
-        "etag": etag,
-        "last_modified": last_modified,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        **extra,
-    }
+def _meta(url: str, etag: str, last_modified: str, data: bytes, **extra: str) -> dict[str, str]:
+    digest = hashlib.sha256(data).hexdigest()
+    return {"url": url, "etag": etag, "last_modified": last_modified, "sha256": digest, **extra}
+
+
+def _meta_bytes(meta: dict[str, str]) -> bytes:
     return (json.dumps(meta, indent=2) + "\n").encode()

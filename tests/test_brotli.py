@@ -1,5 +1,6 @@
-"""Stage 6 precompression: every text file of a release gets a .br (brotli quality 11) beside its
-.gz where that saves at least 5%, and unchanged or retained files bring theirs along as links."""
+"""Stage 6 precompression: every text file of a release gets a .br (brotli quality 11, lower for
+large files) beside its .gz where that saves at least 5%, and unchanged or retained files bring
+theirs along as links."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import brotli
 
 from pipeline.model import PublishSettings
-from pipeline.publish import COMPRESSIBLE, _brotli, _gzip, publish
+from pipeline.publish import BROTLI_QUALITY, COMPRESSIBLE, _brotli, _gzip, publish
 
 from .conftest import run_cli
 
@@ -52,6 +53,18 @@ def test_each_compressible_file_of_a_built_release_has_a_br_that_decompresses_to
             assert not path.with_name(path.name + ".gz").exists(), path
     index = live / "index.html"
     assert (live / "index.html.br").stat().st_size < (live / "index.html.gz").stat().st_size < index.stat().st_size
+
+
+def test_the_brotli_quality_falls_with_the_size_so_a_large_page_costs_a_run_little() -> None:
+    rows = "".join(
+        f'<tr><td><img src="/assets/icon-{i}.{i * 7919 % 10**10:010d}.png"></td></tr>' for i in range(20_000)
+    )
+    large = rows.encode()  # ~1.3 MB of page: above the last limit
+    small = large[:60_000]
+    assert len(large) > BROTLI_QUALITY[-2][0] and len(small) <= BROTLI_QUALITY[0][0]
+    assert _brotli(small) == brotli.compress(small, quality=11)
+    assert _brotli(large) == brotli.compress(large, quality=BROTLI_QUALITY[-1][1])
+    assert brotli.decompress(_brotli(large) or b"") == large
 
 
 def test_a_tiny_file_gets_no_br_and_no_gz(tmp_path: Path) -> None:

@@ -135,6 +135,43 @@ def test_second_build_changes_nothing_and_one_new_icon_encodes_alone(site: Path)
     assert "changed: codes.json, index.html" in content.stdout
 
 
+NO_OP_IMPORTS = """
+import sys
+from pipeline import cli
+code = cli.main(["build", "--offline", "--summary", "line", "--site", sys.argv[1]])
+print(sorted(m for m in ("jinja2", "htmlmin") if m in sys.modules))
+sys.exit(code)
+"""
+
+
+def test_a_no_op_reuses_its_pages_and_a_template_edit_renders_them_again(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    noop = subprocess.run(
+        [sys.executable, "-c", NO_OP_IMPORTS, str(site)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert noop.returncode == 0 and noop.stdout.startswith("nothing changed"), noop.stderr
+    assert noop.stdout.splitlines()[-1] == "[]"  # the pages were reused: no template engine, no minifier loaded
+    template = site / "templates" / "index.html"
+    template.write_text(template.read_text().replace("{% endblock %}", "<p>Edited</p>{% endblock %}", 1))
+    edited = run_cli(site, "build", "--offline")
+    assert edited.returncode == 0 and "published r000002" in edited.stdout, edited.stderr
+    assert b"<p>Edited</p>" in (site / "dist" / "current" / "index.html").read_bytes()
+
+
+def test_a_cache_file_whose_stat_changed_is_hashed_and_reused_if_its_bytes_did_not(site: Path) -> None:
+    assert run_cli(site, "build", "--offline").returncode == 0
+    entry = next(p for p in sorted((site / ".cache" / "encode").glob("??/*")) if p.is_dir())
+    victim = next(f for f in sorted(entry.iterdir()) if f.suffix in (".webp", ".png", ".avif"))
+    os.utime(victim, ns=(1, 1))  # copied without its mtimes, say: same bytes
+    again = run_cli(site, "build", "--offline")
+    assert "0 encoded, 11 reused from cache" in again.stdout and "nothing changed" in again.stdout, again.stdout
+    recorded = [v for r in json.loads((entry / "meta.json").read_text())["renditions"] for v in r["variants"]]
+    assert {v["file"]: v["mtime_ns"] for v in recorded}[victim.name] == 1  # checked once, recorded as it is now
+    victim.write_bytes(bytes(len(victim.read_bytes())))  # same size, other bytes (and a new mtime): encoded again
+    third = run_cli(site, "icons")
+    assert third.returncode == 0 and "1 encoded, 10 reused from cache" in third.stdout, third.stdout
+
+
 def test_failed_build_leaves_dist_byte_identical(site: Path) -> None:
     assert run_cli(site, "build", "--offline").returncode == 0
     before = snapshot(site / "dist")
@@ -238,11 +275,13 @@ def test_a_torn_or_edited_cache_entry_is_encoded_again_and_unused_entries_are_pr
     entries = sorted(p for p in (site / ".cache" / "encode").glob("??/*") if p.is_dir())
     assert len(entries) == 11
     victim = next(f for f in sorted(entries[0].iterdir()) if f.suffix in (".webp", ".png", ".avif"))
-    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])  # torn
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) // 2])  # torn
     again = run_cli(site, "icons")
     assert again.returncode == 0, again.stderr
     assert "1 encoded, 10 reused from cache" in again.stdout and "nothing changed" in again.stdout
     assert (site / "dist" / "current").resolve() == live  # the re-encode gave the same bytes: no torn file published
+    assert victim.read_bytes() == whole  # and the damaged entry was written again
     # An entry no run has used for longer than the retention window goes; a used one stays.
     stale = entries[1].parent / ("0" * 64)
     shutil.copytree(entries[1], stale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from pipeline.errors import PublishError
 from pipeline.gate import check_release
 from pipeline.indexnow import changed_pages, visible
-from pipeline.model import PublishResult, PublishSettings
+from pipeline.model import CachedFile, PublishResult, PublishSettings, sri
 from pipeline.publish import live_release, publish
 from pipeline.retention import load_records
 
@@ -51,6 +52,26 @@ def test_same_files_publish_nothing(tmp_path: Path) -> None:
     assert not second.switched and second.release == first.release
     assert (second.files_written, second.bytes_written) == (0, 0)
     assert sorted(p.name for p in (dist / "releases").iterdir()) == [first.release, f"{first.release}.json"]
+
+
+def cached(path: Path, data: bytes) -> CachedFile:
+    """A file of the encode cache, as the build hands it to the publisher: by reference."""
+    path.write_bytes(data)
+    return CachedFile(str(path), len(data), hashlib.sha256(data).hexdigest(), sri(data))
+
+
+def test_a_cached_file_is_copied_in_and_one_changed_since_it_was_checked_is_refused(tmp_path: Path) -> None:
+    dist, icon = tmp_path / "dist", tmp_path / "0.webp"
+    files = {**site_files("v1", "a.1111.png"), "assets/b.2222.webp": cached(icon, b"RIFF" * 40)}
+    first = publish(dist, files, SETTINGS, now=1000 * HOUR)
+    live = dist / "current" / "assets" / "b.2222.webp"
+    assert live.read_bytes() == b"RIFF" * 40 and not os.path.samefile(live, icon)  # a copy: the cache is not served
+    assert not publish(dist, files, SETTINGS, now=1001 * HOUR).switched  # known by its recorded hash, not read
+    files = {**site_files("v2", "a.1111.png"), "assets/c.3333.webp": cached(tmp_path / "1.webp", b"RIFF" * 41)}
+    (tmp_path / "1.webp").write_bytes(b"RIFX" * 41)  # edited after the cache checked it
+    with pytest.raises(PublishError, match=r"1\.webp: the encode cache's file changed during the run"):
+        publish(dist, files, SETTINGS, now=1002 * HOUR)
+    assert live_release(dist) == first.release and not list(dist.glob(".staging-*"))
 
 
 def test_changed_page_switches_and_old_assets_stay_for_the_window(tmp_path: Path) -> None:

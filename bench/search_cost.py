@@ -98,11 +98,15 @@ def corpus(emoji: int, oxygen: int) -> list[tuple[str, Path]]:
 
 
 class SearchClock:
-    """CPU spent inside one module function (the lossy searches), by a label chosen from its
-    arguments: wraps module.NAME for the whole run."""
+    """CPU spent inside module functions (the lossy searches), by a label chosen from each one's
+    arguments: wraps module.NAME for each NAME in `labels` for the whole run."""
 
-    def __init__(self, module: ModuleType, name: str, label: Callable[..., str | None]) -> None:
+    def __init__(self, module: ModuleType, labels: dict[str, Callable[..., str | None]]) -> None:
         self.spent: Counter[str] = Counter()
+        for name, label in labels.items():
+            self._wrap(module, name, label)
+
+    def _wrap(self, module: ModuleType, name: str, label: Callable[..., str | None]) -> None:
         inner = getattr(module, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -161,11 +165,20 @@ def served_bytes(encoded: EncodedIcon) -> dict[str, int]:
     return dict(out)
 
 
-def measure(items: list[tuple[str, Path]], old: ModuleType) -> list[dict[str, Any]]:
-    clocks = {
-        "old": SearchClock(old, "choose", lambda image, settings, make: make.__name__.split("_")[0]),
-        "new": SearchClock(enc, "search", lambda *a, **k: "webp" if a[2] == enc.WEBP_QUALITIES else "avif"),
+def search_labels(module: ModuleType) -> dict[str, Callable[..., str | None]]:
+    """The lossy searches of an encoder version, each labelled with its format: choose() (version
+    3, its lossless files included), search() (WebP and AVIF in version 4, AVIF from version 5,
+    told apart by their quality ranges) and interpolate() (WebP from version 5)."""
+    labels: dict[str, Callable[..., str | None]] = {
+        "choose": lambda image, settings, make: make.__name__.split("_")[0],
+        "search": lambda *a, **k: "webp" if a[2] == module.WEBP_QUALITIES else "avif",
+        "interpolate": lambda *a, **k: "webp",
     }
+    return {name: label for name, label in labels.items() if hasattr(module, name)}
+
+
+def measure(items: list[tuple[str, Path]], old: ModuleType) -> list[dict[str, Any]]:
+    clocks = {"old": SearchClock(old, search_labels(old)), "new": SearchClock(enc, search_labels(enc))}
     records = []
     for i, (group, path) in enumerate(items):
         data = path.read_bytes()
@@ -301,7 +314,7 @@ def report(summary: dict[str, Any]) -> None:
     )
     print(
         f"  our whole encode / q80: {q['encode_over_q80_median']:.1f}x (median); our lossy WebP search alone "
-        f"{q['webp_search_ms_median']:.2f} ms (baseline's choose(), its lossless files included: "
+        f"{q['webp_search_ms_median']:.2f} ms (baseline's: "
         f"{q['old_webp_search_ms_median']:.2f} ms) = "
         f"{q['webp_search_over_q80_median']:.2f}x q80 (median)"
     )

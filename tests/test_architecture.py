@@ -9,8 +9,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 STAGES = {"fetch", "encode", "fingerprint", "render", "minify", "publish", "bucket"}  # bucket: the S3 Target
 SHARED = {"model", "errors", "files"}  # the vocabulary, the error tree, the one way to write a file
-# the pre-switch gate, the retention rule, fetch's connections to checked addresses only
-OWN_HELPERS = {"publish": {"gate", "retention"}, "bucket": {"retention"}, "fetch": {"connections"}}
+# the pre-switch gate, the retention rule, fetch's connections to checked addresses only,
+# encode's decoded and resized pixels and its SSIM and quality searches
+OWN_HELPERS = {
+    "publish": {"gate", "retention"},
+    "bucket": {"retention"},
+    "fetch": {"connections"},
+    "encode": {"pixels", "quality"},
+}
 
 
 def pipeline_imports(module: str) -> set[str]:

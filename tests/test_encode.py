@@ -15,25 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, features
 
-from pipeline.encode import (
-    QUICK_MARGIN,
-    WEBP_QUALITIES,
-    Scorer,
-    Size,
-    _avif,
-    _palette,
-    _palette_only,
-    decode,
-    encode_icon,
-    encode_png,
-    interpolate,
-    plan_sizes,
-    resize,
-    search,
-    ssim,
-)
+from pipeline.encode import WEBP_QUALITIES, Size, _avif, _palette, _palette_only, encode_icon, encode_png, plan_sizes
 from pipeline.errors import ImageError
 from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon
+from pipeline.pixels import decode, resize
+from pipeline.quality import QUICK_MARGIN, Scorer, interpolate, search, ssim
 
 from .conftest import REPO
 

@@ -325,3 +325,34 @@ def test_version_and_a_help_written_for_users() -> None:
         assert re.search(rf"^\s+{command}\s+\S", usage.stdout, re.M), (
             command
         )  # each command, one line of what it is for
+
+
+def test_a_put_returns_what_a_later_get_reads_and_its_files_hold_the_recorded_bytes(tmp_path: Path) -> None:
+    """put builds the cached icon from the bytes in hand (no read-back, no fsync): it must be the
+    icon a later run's get reads, every file must hash to what was recorded, and a file torn after
+    the put must make the entry a miss."""
+    import hashlib
+    import io
+
+    from pipeline.cache import EncodeCache, cache_key
+    from pipeline.encode import encode_icon
+    from pipeline.encode_pool import CACHE_VERSION
+    from pipeline.model import EncodeSettings, IconSpec, Origin, SourceIcon
+
+    image = Image.new("RGBA", (48, 48), (0, 0, 0, 0))
+    image.paste((200, 40, 90, 255), (8, 8, 40, 40))
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    spec = IconSpec("Square", "square", "http://127.0.0.1/square.png", "a square", EncodeSettings(), 1)
+    source = SourceIcon(spec, png.getvalue(), Origin.DOWNLOADED)
+    cache, key = EncodeCache(tmp_path / "encode"), cache_key(source, CACHE_VERSION)
+    put = cache.put(key, encode_icon(source))
+    got = cache.get(key, source)
+    assert got is not None and got.reused and not put.reused
+    assert got.renditions == put.renditions and (got.width, got.height) == (put.width, put.height)
+    files = [variant.file for variant in put.variants]
+    assert files and all(hashlib.sha256(Path(f.path).read_bytes()).hexdigest() == f.sha256 for f in files)
+    assert cache.put(key, encode_icon(source)).renditions == put.renditions  # an entry already there is reused
+    torn = Path(files[0].path)
+    torn.write_bytes(torn.read_bytes()[:-1])
+    assert cache.get(key, source) is None

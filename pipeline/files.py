@@ -1,5 +1,6 @@
-"""The one way every writer puts a file on disk (icons/, the feed copy, the encode cache, the
-IndexNow outbox, release records): all or nothing, across a crash or a power loss."""
+"""The one way every writer puts a file on disk that must last (icons/, the feed copy, the
+IndexNow outbox, release records): all or nothing, across a crash or a power loss. The encode
+cache writes its entries without fsync (cache.py says why: a lost entry is encoded again)."""
 
 from __future__ import annotations
 

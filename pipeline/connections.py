@@ -12,12 +12,14 @@ second lookup to answer. At the deadline a watchdog shuts every connection of th
 timeouts alone let a server that drips its headers a byte at a time hold a request for hours.
 
 Connections are kept alive (HTTP/1.1), in pools the stage owns: one per (scheme, host name, port,
-checked address), opened by the stage, each peer checked and in the watchdog's reach, closed when the
-stage ends. A pool is never shared across names (httpcore keys its pools by the URL's host, which here
-is the address: two names on one address would share connections and the second name's requests would
-go out under the first one's SNI and certificate), nor with the client's own pool (IndexNow's), nor with
-another stage, and no proxy is ever in the way. (500 conditional GETs on fresh connections were 0.57 s
-of a 0.98 s hourly no-op run; kept alive they take ~0.3x the wall and 0.7x the CPU, over TLS 0.2x and 0.3x.)
+checked address) and thread, opened by the stage, each peer checked and in the watchdog's reach, closed
+when the stage ends. A pool is never shared across names (httpcore keys its pools by the URL's host, which
+here is the address: two names on one address would share connections and the second name's requests
+would go out under the first one's SNI and certificate), nor with the client's own pool (IndexNow's), nor
+with another stage, and no proxy is ever in the way. (500 conditional GETs on fresh connections were
+0.57 s of a 0.98 s hourly no-op run; kept alive they take ~0.3x the wall and 0.7x the CPU, over TLS 0.2x
+and 0.3x. A 304 on a kept-alive connection then cost ~0.7 ms of CPU; a pool per thread, a URL parsed once
+and no constant rebuilt per request took 1.4x off that, to about what httpx's transport alone costs.)
 
 Not HTTP/2: httpcore's sync HTTP/2 lets the threads sharing a connection take stream IDs without a lock
 and send them in any order (httpcore/_sync/http2.py, handle_request). Tried against nginx, 500 GETs on
@@ -32,6 +34,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -92,14 +95,15 @@ class Connections:
         connection (the next one is tried only when the TCP connection itself failed), through the stage's pool
         for that name and address: the response, released after the block. The name stays in Host, SNI and the
         certificate check."""
-        addresses = self._addresses(url)
-        target = httpx.URL(url)
-        host = target.raw_host.decode("ascii")
-        headers = {**headers, "Host": target.netloc.decode("ascii")}
+        name, rest = _split(url)
+        addresses = self._addresses(url, name)
+        headers = {**headers, "Host": name.netloc}
         for index, address in enumerate(addresses):
-            with self.pools.use((target.scheme, host, target.port or _PORTS[target.scheme], address)) as pool:
+            key = (name.scheme, name.host, name.port, address)
+            pool = self.pools.take(key)
+            try:
                 last = index + 1 == len(addresses)
-                response = self._ask(pool, url, target.copy_with(host=address), host, headers, last)
+                response = self._ask(pool, url, _at(name, address, rest), name.host, headers, last)
                 if response is None:
                     log.debug("cannot connect to %s at %s; trying %s", url, address, addresses[index + 1])
                     continue
@@ -108,6 +112,8 @@ class Connections:
                 finally:
                     _release(response)
                 return
+            finally:
+                self.pools.give_back(key)
         raise FetchFailed(f"cannot resolve the host of {url} (no address)")  # not reached: _addresses has one
 
     def _cut_off(self) -> None:
@@ -159,14 +165,14 @@ class Connections:
         address, tries = target.host, 2
         while True:
             tries -= 1
-            timeout = self._timeout(url)
+            timeout = self._timeout(url)  # for each phase: connect, write, read, and the wait for a connection
             attempt = _Attempt(url, address)
             request = httpx.Request(
                 "GET",
                 target,
                 headers=headers,
                 extensions={
-                    "timeout": timeout.as_dict(),
+                    "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout},
                     "trace": functools.partial(self._trace, attempt),
                     "sni_hostname": host,
                 },
@@ -185,27 +191,25 @@ class Connections:
                 if isinstance(error, httpx.ConnectTimeout):
                     raise FetchFailed(f"timed out connecting to {url}{at}") from None
                 if isinstance(error, httpx.TimeoutException):
-                    raise FetchFailed(f"no response from {url}{at} within {timeout.read:g}s") from None
+                    raise FetchFailed(f"no response from {url}{at} within {timeout:g}s") from None
                 raise FetchFailed(f"cannot connect to {url}{at} ({type(error).__name__}: {error})") from None
             response.request = request
             return response
 
-    def _timeout(self, url: str) -> httpx.Timeout:
+    def _timeout(self, url: str) -> float:
         remaining = self.deadline - self.clock()
         if remaining <= 0:
             raise FetchFailed(f"the fetch deadline of {self.settings.deadline:g}s passed before {url} was asked")
-        return httpx.Timeout(min(self.settings.timeout, remaining))
+        return min(self.settings.timeout, remaining)
 
-    def _addresses(self, url: str) -> list[str]:
+    def _addresses(self, url: str, name: _Name) -> list[str]:
         """The addresses of the URL's host, asked for once for this hop: the request goes to one of them
         and nowhere else. Without allow_private, a loopback, private, link-local or reserved address
         anywhere in the answer refuses the host before any packet is sent."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
+        host, port = name.lookup
         if _ip(host) is not None:
             addresses = [host]  # an address already: no lookup, nothing a resolver could change
         else:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
                 addresses = list(dict.fromkeys(self.resolve(host, port)))
             except OSError as error:
@@ -228,32 +232,40 @@ _Key = tuple[str, str, int, str]  # a pool's: (scheme, host name, port, the chec
 
 
 class _Pools:
-    """The stage's own connection pools, one per key, each of at most `connections` connections kept alive.
-    Pools with no request in flight stay open `connections` at most, the least recently used closed first:
-    icons from hundreds of hosts do not hold hundreds of idle sockets."""
+    """The stage's own connection pools, one per key and thread, each of one connection kept alive; the stage
+    runs `connections` threads, so a name is reached over `connections` connections at most. At most
+    `connections` x `connections` pools with no request in flight stay open (the idle connections of
+    `connections` shared pools of `connections` each), the least recently used closed first: icons from
+    hundreds of hosts do not hold hundreds of idle sockets.
+
+    One connection per pool and thread, not one pool of `connections` per key shared by the threads:
+    httpcore's pool looks at each of its connections (a poll() on every idle one) for every request and
+    every release, and at all of them again for each idle one (quadratic in the pool's size). With 8 threads
+    on one origin, one connection each cut the CPU of a 304 by a fifth."""
 
     def __init__(self, client: FetchClient, connections: int) -> None:
-        self.client, self.connections = client, connections
+        self.client, self.idle = client, connections * connections
         self.lock = threading.Lock()
-        self.pools: dict[_Key, httpx.HTTPTransport] = {}  # least recently used first
-        self.busy: dict[_Key, int] = {}  # requests in flight
+        self.pools: dict[tuple[_Key, int], httpx.HTTPTransport] = {}  # least recently used first
+        self.busy: dict[tuple[_Key, int], int] = {}  # requests in flight
 
-    @contextlib.contextmanager
-    def use(self, key: _Key) -> Iterator[httpx.HTTPTransport]:
-        """The pool for `key` (made on first use), kept open while the block runs."""
+    def take(self, key: _Key) -> httpx.HTTPTransport:
+        """This thread's pool for `key` (made on first use), kept open until it is given back."""
+        mine = (key, threading.get_ident())
         with self.lock:
-            pool = self.pools.pop(key, None) or self.client.transport(self.connections)
-            self.pools[key] = pool
-            self.busy[key] = self.busy.get(key, 0) + 1
-        try:
-            yield pool
-        finally:
-            with self.lock:
-                self.busy[key] -= 1
-                idle = [k for k in self.pools if not self.busy[k]]
-                surplus = [self.pools.pop(k) for k in idle[: max(0, len(idle) - self.connections)]]
-            for pool in surplus:
-                pool.close()
+            pool = self.pools.pop(mine, None) or self.client.transport(1)
+            self.pools[mine] = pool
+            self.busy[mine] = self.busy.get(mine, 0) + 1
+        return pool
+
+    def give_back(self, key: _Key) -> None:
+        """This thread is done with its pool for `key`: close the idle pools past the limit."""
+        with self.lock:
+            self.busy[key, threading.get_ident()] -= 1
+            idle = [k for k in self.pools if not self.busy[k]] if len(self.pools) > self.idle else []
+            surplus = [self.pools.pop(k) for k in idle[: max(0, len(idle) - self.idle)]]
+        for pool in surplus:
+            pool.close()
 
     def close(self) -> None:
         """Close every connection (at the end of the stage: no pool outlives it)."""
@@ -276,8 +288,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: IPv4 in the low 32 bits, reached through a gateway
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip(text: str) -> IPAddress | None:
-    """The address in `text` (an IPv6 zone dropped, an IPv4-mapped IPv6 address as its IPv4), or None."""
+    """The address in `text` (an IPv6 zone dropped, an IPv4-mapped IPv6 address as its IPv4), or None.
+    Cached: a request asks it of the same few names and addresses several times."""
     try:
         ip = ipaddress.ip_address(text.split("%")[0])
     except ValueError:
@@ -297,15 +311,54 @@ def _public(ip: IPAddress) -> bool:
 
 
 _PORTS = {"http": 80, "https": 443}
+_URL = re.compile(r"([^:/?#]+)://([^/?#]*)([^#]*)")  # scheme, authority, path and query: httpx's own split
+
+
+@dataclass(frozen=True)
+class _Name:
+    """The origin of a URL as httpx reads it (scheme and host in lower case, the host IDNA-encoded)."""
+
+    scheme: str
+    host: str  # as in the SNI and the certificate check
+    port: int
+    netloc: str  # the Host header: the host, and the port unless it is the scheme's
+    lookup: tuple[str, int]  # what the resolver is asked: the host as urlsplit reads it, and the port
+
+
+def _split(url: str) -> tuple[_Name, str]:
+    """The URL's origin, and its path and query as sent. A request's URL is parsed once, by httpx, with the
+    checked address in it (`_at`); the name is parsed on its own, once per origin: a full parse of each
+    URL for its name, then one for its address, was a fifth of the CPU of a 304."""
+    split = _URL.match(url)
+    if split is None:
+        raise FetchFailed(f"{url} is not an absolute http or https URL")
+    return _name(split[1], split[2]), split[3]
+
+
+@functools.lru_cache(maxsize=256)
+def _name(scheme: str, authority: str) -> _Name:
+    origin = httpx.URL(f"{scheme}://{authority}/")
+    host, netloc, port = origin.raw_host.decode("ascii"), origin.netloc.decode("ascii"), origin.port
+    parts = urlsplit(f"{scheme}://{authority}/")
+    lookup = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    return _Name(origin.scheme, host, port or _PORTS[origin.scheme], netloc, lookup)
+
+
+def _at(name: _Name, address: str, rest: str) -> httpx.URL:
+    """The URL with its host replaced by `address` (the path and query normalised as httpx does any URL's)."""
+    return httpx.URL(f"{name.scheme}://{f'[{address}]' if ':' in address else address}:{name.port}{rest}")
 
 
 def _release(response: httpx.Response) -> None:
     """Close the response. httpcore puts a connection back in its pool only once the response was read to
     its end, so one known to have no body (a 304, or Content-Length: 0) is read first: it costs no wait,
     and a revalidation keeps its connection. Any other unread body drops its connection with it."""
-    if response.status_code == 304 or response.headers.get("content-length") == "0":
+    if not response.is_stream_consumed and (
+        response.status_code == 304 or response.headers.get("content-length") == "0"
+    ):
         with contextlib.suppress(httpx.HTTPError):
-            response.read()
+            for _ in response.iter_raw():
+                pass  # nothing: the end is what counts
     response.close()
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -21,6 +22,7 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
+from pipeline.connections import _at, _split
 from pipeline.errors import SourceError
 from pipeline.fetch import fetch_feed, fetch_sources, make_client
 from pipeline.model import EncodeSettings, FetchSettings, IconSpec, Origin, SourceIcon, Stored
@@ -840,3 +842,69 @@ def test_progress_reports_each_source_as_it_finishes(origin, client, store) -> N
     assert seen[0] == ("fetch", 0, 5, "")
     assert [(stage, done, total) for stage, done, total, _ in seen[1:]] == [("fetch", n, 5) for n in range(1, 6)]
     assert sorted(name for *_, name in seen[1:]) == sorted(icon.name for icon in icons)
+
+
+# ---- the address URL, and a body read before the release --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/a/b.png",
+        "http://example.com?x=1",
+        "HTTP://EXAMPLE.com:8080/a/../b/./c?",
+        "https://[::1]:8443/%41%zz?a=%20 b",
+        "https://example.com/a?b#c?d",
+        "http://example.com:80/x",
+        "https://example.com:80/x",
+        "https://Bücher.example/ä?q=ü",
+    ],
+)
+@pytest.mark.parametrize("address", ["10.0.0.1", "2001:db8::1"])
+def test_the_address_url_is_httpxs_with_the_host_replaced(url: str, address: str) -> None:
+    """The stage parses a request's URL once, with the address in it, and the name's parts once per origin:
+    what goes out (scheme, host, port, path and query; Host and SNI) is what httpx makes of the URL itself."""
+    name, rest = _split(url)
+    target, at = httpx.URL(url), _at(name, address, rest)
+    default = {"http": 80, "https": 443}[target.scheme]
+    assert (at.scheme, at.host, at.port or default, at.raw_path) == (
+        target.scheme,
+        address,
+        target.port or default,
+        target.raw_path,
+    )
+    assert (name.host, name.port, name.netloc) == (
+        target.raw_host.decode("ascii"),
+        target.port or default,
+        target.netloc.decode("ascii"),
+    )
+
+
+class _EmptyImage(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_empty_200_falls_back_like_any_bad_body(client, store) -> None:
+    """A 200 with Content-Length: 0 is read by the stage (an empty body, not an image); releasing the
+    response after that must not read it again (httpx raised StreamConsumed, out of the stage)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EmptyImage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        icon = spec(f"http://127.0.0.1:{server.server_address[1]}/empty.png")
+        seed(store, icon)
+        [source] = fetch_sources([icon], copies(store, [icon]), client, SETTINGS)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (source.origin, source.data) == (Origin.STALE, OLD_PNG)
+    assert source.reason == f"{icon.url} sent 0 bytes that are not a PNG, JPEG, GIF, WebP or AVIF image"

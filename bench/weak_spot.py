@@ -191,32 +191,8 @@ def sample(limit: int) -> list[Path]:
 # ---- the fix, as wrappers around the pipeline's own functions -----------------------------------
 
 
-def near_lossless(image: Image.Image, bits: int) -> Image.Image:
-    """libwebp's near-lossless preprocessing (src/enc/near_lossless_enc.c), colour only: for
-    limit = bits..1, a pixel whose 4-neighbours are not all within 2**limit of it in every channel
-    is rounded to a multiple of 2**limit (ties to even, 255 kept); smooth pixels (gradients, where
-    rounding would band) and the 1 px border are kept. Alpha is left exact (its edges are what the
-    over-black/over-white SSIM guards)."""
-    px = np.asarray(image.convert("RGBA")).astype(np.int16)
-    if min(px.shape[:2]) < 3:
-        return image
-    for limit_bits in range(bits, 0, -1):
-        limit = 1 << limit_bits
-        centre = px[1:-1, 1:-1, :3]
-        smooth = np.ones(centre.shape[:2], dtype=bool)
-        for neighbour in (px[1:-1, :-2], px[1:-1, 2:], px[:-2, 1:-1], px[2:, 1:-1]):
-            smooth &= (np.abs(centre - neighbour[..., :3]) < limit).all(axis=-1)
-        mask = limit - 1
-        biased = centre + (mask >> 1) + ((centre >> limit_bits) & 1)
-        rounded = np.where(biased > 255, 255, biased & ~mask)
-        out = px.copy()
-        out[1:-1, 1:-1, :3] = np.where(smooth[..., None], centre, rounded)
-        px = out
-    return Image.fromarray(px.astype(np.uint8), "RGBA")
-
-
 def near_lossless_webp(image: Image.Image, bits: int) -> enc.Variant:
-    data = enc._save(near_lossless(image, bits), "WEBP", lossless=True, quality=100, method=4)
+    data = enc._save(enc._near_lossless(image, bits), "WEBP", lossless=True, quality=100, method=4)
     return enc.Variant("webp", data, f"near-lossless{bits}", enc.ssim(image, Image.open(io.BytesIO(data))))
 
 
@@ -793,7 +769,7 @@ def picture(record: dict, path: Path) -> None:
         tiles.append(
             (
                 after["webp"]["detail"],
-                decoded(enc._save(near_lossless(image, bits), "WEBP", lossless=True, quality=100, method=4)),
+                decoded(enc._save(enc._near_lossless(image, bits), "WEBP", lossless=True, quality=100, method=4)),
             )
         )
     box = (image.width // 4, image.height // 4, image.width // 4 + 80, image.height // 4 + 80)
